@@ -1,0 +1,64 @@
+"""What every command shares: config lookup with flag overrides, errors, --json output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+
+from featkit.config import Config, find_config
+from featkit.errors import FeatkitError
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", help="Folder holding featkit.toml (default: the current folder).",
+                         file_okay=False)
+JsonOpt = typer.Option(False, "--json", help="Print results as JSON on stdout.")
+
+
+def friendly(func: Callable) -> Callable:
+    """Turn FeatkitError into a one-line message and exit 2; never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except FeatkitError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: everything computed so far is saved; rerun to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def load_config(config_dir: Path | None, **overrides: Any) -> Config:
+    """featkit.toml from ``config_dir`` (default cwd) with non-None ``overrides`` applied."""
+    return find_config(config_dir).replace(**overrides)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=_default) + "\n")
+
+
+def _default(obj: Any):
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def split_list(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())

@@ -1,0 +1,56 @@
+"""featkit extract: cache embeddings of every image in the store (resumable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json
+from featkit.backbones import list_backbones
+from featkit.data import load_collection
+from featkit.extract import ExtractSettings
+from featkit.pipeline import extract_collection
+
+
+@friendly
+def extract(
+    backbone: str = typer.Option("mobilenet_v2", "--backbone", "-b",
+                                 help=f"One of: {', '.join(list_backbones())}."),
+    weights: str = typer.Option(None, help="Weights tag (e.g. imagenet1k_v2) or 'random' (default: the backbone's)."),
+    variant: str = typer.Option(None, help="Store group below the backbone (default: the weights tag; "
+                                           "finetuned-<run> for a fine-tuned trunk)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    workers: int = typer.Option(None, "--workers", min=0, help="DataLoader workers (default: auto)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    precision: str = typer.Option("auto", help="auto (bf16/fp16 where fast), fp32, bf16 or fp16."),
+    fp32: bool = typer.Option(False, "--fp32", help="Force full precision (same as --precision fp32)."),
+    limit: int = typer.Option(None, "--limit", min=0, help="Embed at most this many pending images."),
+    retry_failed: bool = typer.Option(False, help="Try again images that failed before."),
+    float16: bool = typer.Option(False, "--float16", help="Store features as float16 (half the disk)."),
+    store: Path = typer.Option(None, help="Override the store path from featkit.toml."),
+    manifest: Path = typer.Option(None, help="Override the manifest from featkit.toml."),
+    config_dir: Path = ConfigOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Embed images with BACKBONE and cache them in the HDF5 store; rerun to resume."""
+    config = load_config(config_dir, store=store, manifest=manifest)
+    collection = load_collection(config)
+    settings = ExtractSettings(batch_size=batch_size, workers=workers, device=device,
+                               precision="fp32" if fp32 else precision, limit=limit, retry_failed=retry_failed,
+                               storage_dtype="float16" if float16 else "float32", progress=not json_out)
+    summary = extract_collection(config, collection, backbone, weights=weights, variant=variant, settings=settings)
+    if json_out:
+        print_json(summary.to_dict())
+        return
+    console.print(
+        f"[bold]{summary.key}[/] in {summary.store}: {summary.computed} embedded, {summary.already_done} already done, "
+        f"{summary.failed} failed, {summary.remaining} remaining — {summary.images_per_s:.1f} img/s on "
+        f"{summary.device} ({summary.precision})"
+    )
+    if summary.skipped_failed:
+        console.print(f"  {summary.skipped_failed} images failed in an earlier run (use --retry-failed)")
+    for image_id, error in summary.failures[:20]:
+        console.print(f"  [yellow]failed[/] {image_id}: {error}", highlight=False)
+    if len(summary.failures) > 20:
+        console.print(f"  … and {len(summary.failures) - 20} more (see `featkit info --failures`)")

@@ -1,0 +1,29 @@
+"""The featkit command: one module per command, joined here."""
+
+from __future__ import annotations
+
+import typer
+
+from . import backbones, demo, extract, info, init, weights
+
+app = typer.Typer(
+    name="featkit",
+    help="Cached CNN embeddings and per-task heads for multi-label image collections.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("init")(init.init)
+app.command("extract")(extract.extract)
+app.command("info")(info.info)
+app.command("backbones")(backbones.backbones)
+app.add_typer(weights.app, name="weights")
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

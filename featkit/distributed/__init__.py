@@ -1,0 +1,1 @@
+"""Extraction at scale: Ray Data engine."""

@@ -1,0 +1,1 @@
+"""Exploring embeddings: UMAP, separability, outliers, label issues, duplicates, ranking."""

@@ -1,0 +1,1 @@
+"""Shared-trunk multi-task fine-tuning whose embeddings go back into the store."""

@@ -1,0 +1,1 @@
+"""Per-task heads over cached embeddings: sklearn/imblearn pipelines, evaluation, saved models."""
