@@ -40,7 +40,13 @@ def friendly(func: Callable) -> Callable:
 
 
 def load_config(config_dir: Path | None, **overrides: Any) -> Config:
-    """featkit.toml from ``config_dir`` (default cwd) with non-None ``overrides`` applied."""
+    """featkit.toml from ``config_dir`` (default cwd) with non-None ``overrides`` applied.
+
+    A path given as a flag is relative to where the user typed it, not to featkit.toml.
+    """
+    for key in ("manifest", "image_folder", "store"):
+        if overrides.get(key) is not None:
+            overrides[key] = Path(overrides[key]).absolute()
     return find_config(config_dir).replace(**overrides)
 
 

@@ -108,12 +108,21 @@ class Config:
             manifest=Path(coll["manifest"]) if coll.get("manifest") else None,
             image_folder=Path(coll["image_folder"]) if coll.get("image_folder") else None,
             image_column=str(coll.get("image_column", "image")),
-            tasks=tuple(coll.get("tasks", ())),
+            tasks=_tasks(coll.get("tasks", ()), path),
             group=coll.get("group") or None,
             split=coll.get("split") or None,
             store=Path(store) if store else None,
             extra=extra,
         )
+
+
+def _tasks(value, path: Path) -> tuple[str, ...]:
+    """``tasks`` as written by hand: a list of column names, or one name as a string."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise FeatkitError(f"{path}: tasks must be a list of column names, got {value!r}")
+    return tuple(value)
 
 
 def find_config(start: Path | None = None) -> Config:

@@ -185,6 +185,12 @@ def _looks_like_paths(values: pd.Series) -> bool:
     return len(sample) > 0 and sample.str.lower().str.endswith(IMAGE_EXTENSIONS).mean() > 0.9
 
 
+def _n_classes(values: pd.Series) -> int:
+    """Distinct labels, not counting empty cells (unknown)."""
+    stripped = values.str.strip()
+    return int(stripped[stripped != ""].nunique())
+
+
 def infer_config(
     manifest: Path,
     *,
@@ -247,8 +253,7 @@ def infer_config(
         tasks = tuple(
             c for c in columns
             if c not in skip and not _looks_like_paths(frame[c])
-            and frame[c].str.strip().replace("", np.nan).dropna().nunique() >= 2
-            and frame[c].nunique() < max(3, 0.5 * len(frame))
+            and 2 <= _n_classes(frame[c]) < max(3, 0.5 * len(frame))
         )
         notes.append(f"tasks: {', '.join(tasks) or '(none found: pass --tasks)'}")
     if not tasks:
