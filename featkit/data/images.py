@@ -58,6 +58,8 @@ def load_image(
 
     ``draft_size`` lets JPEG decoding skip resolution it will not need: the decoder
     scales by 1/2, 1/4 or 1/8 while both sides stay at least ``draft_size`` pixels.
+    Images with more than ``max_pixels`` pixels (after draft scaling) are refused
+    before decoding.
     """
     path = Path(path)
     try:
@@ -70,20 +72,26 @@ def load_image(
         raise ImageLoadError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             saved = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = max_pixels
+            Image.MAX_IMAGE_PIXELS = None  # checked below, after draft mode has shrunk a JPEG
             try:
                 with Image.open(path) as img:
                     if draft_size and img.format == "JPEG":
                         img.draft("RGB", (draft_size, draft_size))
+                    width, height = img.size
+                    if width * height > max_pixels:
+                        raise ImageLoadError(
+                            f"decompression bomb refused: {width}x{height} = {width * height:,} pixels "
+                            f"exceeds the limit of {max_pixels:,}"
+                        )
                     img.load()
                     img = ImageOps.exif_transpose(img) or img
                     return _to_rgb(img)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageLoadError(f"decompression bomb refused: {err}") from None
+    except ImageLoadError:
+        raise
     except UnidentifiedImageError:
         raise ImageLoadError("not an image (format not recognised)") from None
     except OSError as err:
@@ -91,5 +99,5 @@ def load_image(
         if "truncated" in msg or "broken data stream" in msg:
             raise ImageLoadError(f"truncated image: {msg}") from None
         raise ImageLoadError(f"cannot decode image: {msg}") from None
-    except (ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+    except (ValueError, SyntaxError, EOFError, MemoryError) as err:
         raise ImageLoadError(f"cannot decode image: {type(err).__name__}: {err}") from None
