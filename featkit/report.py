@@ -1,0 +1,160 @@
+"""Run reports: the readable report and confusion-matrix PNG of one run, and the runs table.
+
+``collect_runs`` reads every ``runs/*/report.json`` into rows (task × head × backbone ×
+rebalance) and marks the best run per task by balanced accuracy; ``write_runs_csv``
+saves them. Plotting uses matplotlib's Agg canvas directly (no pyplot, no display).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from featkit.errors import FeatkitError
+
+RUN_COLUMNS = ("run", "task", "clf", "backbone", "variant", "rebalance", "pca", "split", "n_test", "accuracy",
+               "balanced_accuracy", "macro_f1", "fit_seconds", "best")
+
+
+def plot_confusion(report: dict, path: Path) -> Path:
+    """Row-normalised confusion matrix with counts, titled with the run's key numbers."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = report["confusion_matrix"]["labels"]
+    matrix = np.asarray(report["confusion_matrix"]["matrix"], dtype=float)
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    n = len(labels)
+    size = max(4.0, 0.45 * n + 2.5)
+    fig = Figure(figsize=(size + 1.0, size))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    m = report["metrics"]
+    ax.set_title(f"{report['task']} · {report['clf']} · {report['backbone']}\n"
+                 f"balanced acc {m['balanced_accuracy']:.3f} · macro-F1 {m['macro_f1']:.3f} · "
+                 f"acc {m['accuracy']:.3f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def render_markdown(report: dict) -> str:
+    """``report.md``: a run for people."""
+    m = report["metrics"]
+    lines = [
+        f"# {report['task']} · {report['clf']} · {report['backbone']}/{report['variant']}",
+        "",
+        f"- run: `{report['run']}` (featkit {report['featkit_version']}, {report['created']})",
+        f"- split: {report['split']['description']}",
+        f"- rebalance: {report['rebalance']['used']} (asked {report['rebalance']['requested']}: "
+        f"{report['rebalance']['reason']})",
+        f"- pca: {report['pca']['used'] or 'none'} ({report['pca']['reason']})",
+        f"- rows: {report['rows']['used']} used, {report['rows']['unknown']} unknown label, "
+        f"{report['rows']['missing_features']} without features; train ≈ {report['n_train']} per fold, "
+        f"{report['n_test']} evaluated",
+        f"- fit {report['fit_seconds']:.2f} s (all folds), predict {report['predict_ms_per_image']:.3f} ms/image",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| balanced accuracy | {m['balanced_accuracy']:.4f} (chance {m['chance_balanced_accuracy']:.4f}) |",
+        f"| macro-F1 | {m['macro_f1']:.4f} |",
+        f"| accuracy | {m['accuracy']:.4f} |",
+    ]
+    if "balanced_accuracy_std" in m:
+        lines.append(f"| balanced accuracy, std over folds | {m['balanced_accuracy_std']:.4f} |")
+    lines += ["", "## Per class", "", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+    for label, row in report["per_class"].items():
+        lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")
+    labels = report["confusion_matrix"]["labels"]
+    lines += ["", "## Confusion matrix (rows: true, columns: predicted)", "",
+              "| true \\ predicted | " + " | ".join(labels) + " |", "| --- " * (len(labels) + 1) + "|"]
+    for label, row in zip(labels, report["confusion_matrix"]["matrix"]):
+        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "## Hyperparameters per fold", ""]
+    for fold in report["folds"]:
+        lines.append(f"- fold {fold['fold']}: {fold['params']} — {fold['tuning']['method']}; "
+                     f"balanced accuracy {fold['balanced_accuracy']:.4f}")
+    if report.get("model"):
+        lines.append(f"- saved model: refit on {report['model']['trained_on']} rows with {report['model']['params']}")
+    if report["warnings"]:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def _row(report: dict, run_dir: Path) -> dict:
+    m = report.get("metrics", {})
+    return {
+        "run": run_dir.name,
+        "task": report.get("task"),
+        "clf": report.get("clf"),
+        "backbone": report.get("backbone"),
+        "variant": report.get("variant"),
+        "rebalance": (report.get("rebalance") or {}).get("used"),
+        "pca": (report.get("pca") or {}).get("used"),
+        "split": (report.get("split") or {}).get("mode"),
+        "n_test": report.get("n_test"),
+        "accuracy": m.get("accuracy"),
+        "balanced_accuracy": m.get("balanced_accuracy"),
+        "macro_f1": m.get("macro_f1"),
+        "fit_seconds": report.get("fit_seconds"),
+        "best": False,
+    }
+
+
+def collect_runs(runs_dir: Path, *, task: str | None = None) -> list[dict]:
+    """One row per run folder under ``runs_dir``; the best balanced accuracy per task marked."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise FeatkitError(f"no runs folder at {runs_dir}; run `featkit fit` first (or pass --runs)")
+    rows = []
+    for path in sorted(runs_dir.rglob("report.json")):
+        try:
+            report = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # a run being written, or not featkit's
+        if not isinstance(report, dict) or "task" not in report or "metrics" not in report:
+            continue
+        if task is None or report["task"] == task:
+            rows.append(_row(report, path.parent))
+    if not rows:
+        raise FeatkitError(f"no runs{f' for task {task!r}' if task else ''} under {runs_dir}; run `featkit fit` first")
+    best: dict[str, dict] = {}
+    for row in rows:
+        score = row["balanced_accuracy"] if row["balanced_accuracy"] is not None else -1
+        if row["task"] not in best or score > best[row["task"]]["balanced_accuracy"]:
+            best[row["task"]] = row
+    for row in best.values():
+        row["best"] = True
+    return sorted(rows, key=lambda r: (r["task"], -(r["balanced_accuracy"] or 0), r["run"]))
+
+
+def write_runs_csv(rows: list[dict], path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(RUN_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def runs_report(runs_dir: Path, *, csv_path: Path | None = None, task: str | None = None) -> dict:
+    """The runs table (``featkit report``): rows, and the CSV written beside the runs."""
+    rows = collect_runs(runs_dir, task=task)
+    out = write_runs_csv(rows, csv_path or Path(runs_dir) / "runs.csv")
+    return {"runs_dir": str(runs_dir), "csv": str(out), "runs": rows}
