@@ -46,6 +46,7 @@ _MAGIC = b"FKW1"
 _HEAD = struct.Struct("<4sQI")  # magic, payload length, crc32(payload)
 _STR = h5py.string_dtype("utf-8")
 CHUNK_ROWS = 256
+RECOVERY_WAIT_SECONDS = 60.0  # a writer waits this long for a reader replaying a dead writer's log
 
 
 def _now() -> str:
@@ -93,7 +94,7 @@ class FeatureSet:
 
 # -- the write-ahead log -----------------------------------------------------------------
 def _encode(header: dict, body: bytes = b"") -> bytes:
-    head = json.dumps(header).encode()
+    head = json.dumps(header, default=_json_default).encode()
     payload = struct.pack("<I", len(head)) + head + body
     return _HEAD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
 
@@ -127,6 +128,7 @@ class FeatureStore:
         self.path = Path(path)
         self.wal_path = self.path.with_name(self.path.name + ".wal")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.owner_path = self.path.with_name(self.path.name + ".owner")
 
     # -- reading ---------------------------------------------------------------------
     def exists(self) -> bool:
@@ -151,7 +153,10 @@ class FeatureStore:
         except Timeout:
             return False  # a live writer owns the log
         try:
+            self.owner_path.unlink(missing_ok=True)  # we hold the lock: whoever wrote it is gone
             self._checkpoint()
+        except OSError:
+            return False  # a read-only store: its last checkpoint is still whole
         finally:
             lock.release()
         return True
@@ -267,6 +272,8 @@ class FeatureStore:
         if not self.wal_path.exists():
             return 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # left by a writer killed mid-checkpoint
+            stale.unlink(missing_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         if self.path.exists():
             shutil.copyfile(self.path, tmp)
@@ -274,12 +281,11 @@ class FeatureStore:
             with h5py.File(tmp, "a", locking=False) as f:
                 f.attrs.setdefault("featkit_version", __version__)
                 f.attrs.setdefault("created", _now())
-                pending: dict[str, dict] = {}
+                replay = _Replay(f)
                 for header, body, _ in _iter_wal(self.wal_path):
-                    _apply(f, header, body, pending)
+                    replay.apply(header, body)
                     records += 1
-                for key, upd in pending.items():
-                    _write_failures(f[key], upd)
+                replay.finish()
                 f.attrs["updated"] = _now()
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
@@ -342,10 +348,52 @@ def _write_failures(group: h5py.Group, updates: dict) -> None:
     fail.create_dataset("errors", data=np.array(list(current.values()), dtype=object), dtype=_STR)
 
 
-def _apply(f: h5py.File, header: dict, body: bytes, pending_failures: dict[str, dict]) -> None:
-    kind = header["type"]
-    key = header["key"]
-    if kind == "group":
+class _Replay:
+    """Applies log records to an open file.
+
+    Each group's id index and done flags are read once per checkpoint, not once per
+    record, so folding thousands of batches into a large store stays linear.
+    """
+
+    def __init__(self, f: h5py.File) -> None:
+        self.f = f
+        self._index: dict[str, dict[str, int]] = {}
+        self._done: dict[str, np.ndarray] = {}
+        self._failures: dict[str, dict[str, str | None]] = {}
+
+    def _flush(self, key: str) -> None:
+        if key in self._done:
+            self.f[key]["done"][:] = self._done.pop(key)
+        self._index.pop(key, None)
+
+    def finish(self) -> None:
+        for key in list(self._done):
+            self._flush(key)
+        for key, upd in self._failures.items():
+            _write_failures(self.f[key], upd)
+
+    def apply(self, header: dict, body: bytes) -> None:
+        kind = header["type"]
+        key = header["key"]
+        if kind == "group":
+            self._group(key, header)
+        elif kind == "rows":
+            self._rows(key, header, body)
+        elif kind == "aux":
+            group = self.f[key]
+            path = f"aux/{header['name']}"
+            if path in group:
+                del group[path]
+            data = np.frombuffer(body, dtype=header["dtype"]).reshape(header["shape"])
+            ds = group.create_dataset(path, data=data)
+            for name, value in header.get("attrs", {}).items():
+                ds.attrs[name] = value
+        else:  # pragma: no cover - only featkit writes logs
+            raise FeatkitError(f"unknown record type {kind!r} in {self.f.filename}")
+
+    def _group(self, key: str, header: dict) -> None:
+        f = self.f
+        self._flush(key)
         meta = header["meta"]
         dim = int(meta["dim"])
         if key not in f:
@@ -359,6 +407,7 @@ def _apply(f: h5py.File, header: dict, body: bytes, pending_failures: dict[str, 
         group = f[key]
         for name, value in meta.items():
             group.attrs[name] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+        group.attrs["dtype"] = str(group["features"].dtype)  # what is stored, whatever a later writer asked for
         group.attrs["updated"] = _now()
         existing = set(group["ids"].asstr()[:])
         new = [i for i in header["ids"] if i not in existing]
@@ -368,40 +417,30 @@ def _apply(f: h5py.File, header: dict, body: bytes, pending_failures: dict[str, 
                 group[name].resize(n + len(new), axis=0)
             group["ids"][n:] = np.array(new, dtype=object)
             group["done"][n:] = False
-        return
-    group = f[key]
-    if kind == "rows":
+
+    def _rows(self, key: str, header: dict, body: bytes) -> None:
+        group = self.f[key]
         ids = header["ids"]
         if ids:
+            if key not in self._index:
+                self._index[key] = {v: i for i, v in enumerate(group["ids"].asstr()[:])}
+                self._done[key] = group["done"][:]
+            index = self._index[key]
             feats = np.frombuffer(body, dtype=header["dtype"]).reshape(len(ids), -1)
-            index = {v: i for i, v in enumerate(group["ids"].asstr()[:])}
             rows = np.array([index[i] for i in ids])
             order = np.argsort(rows)
             rows, feats = rows[order], feats[order]
             ds = group["features"]
             if rows[-1] - rows[0] + 1 == len(rows):
                 ds[rows[0] : rows[-1] + 1] = feats.astype(ds.dtype)
-                group["done"][rows[0] : rows[-1] + 1] = True
             else:
                 ds[rows] = feats.astype(ds.dtype)
-                done = group["done"][:]
-                done[rows] = True
-                group["done"][:] = done
-        upd = pending_failures.setdefault(key, {})
+            self._done[key][rows] = True
+        upd = self._failures.setdefault(key, {})
         for image_id in ids:
             upd[image_id] = None
         for image_id, error in header.get("failures", []):
             upd[image_id] = error
-    elif kind == "aux":
-        path = f"aux/{header['name']}"
-        if path in group:
-            del group[path]
-        data = np.frombuffer(body, dtype=header["dtype"]).reshape(header["shape"])
-        ds = group.create_dataset(path, data=data)
-        for name, value in header.get("attrs", {}).items():
-            ds.attrs[name] = value
-    else:  # pragma: no cover - only featkit writes logs
-        raise FeatkitError(f"unknown record type {kind!r} in {f.filename}")
 
 
 class StoreWriter:
@@ -414,18 +453,25 @@ class StoreWriter:
         self._fh = None
         self._last_checkpoint = time.monotonic()
         self._last_sync = time.monotonic()
+        self._ids: dict[str, set[str]] = {}  # ids each group accepts, read when first written
 
     def __enter__(self) -> "StoreWriter":
         self.store.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._lock.acquire(timeout=0)
+            try:
+                self._lock.acquire(timeout=0)
+            except Timeout:
+                if self.store.owner_path.exists():
+                    raise
+                # no owner: a reader is replaying a dead writer's log, which takes moments
+                self._lock.acquire(timeout=RECOVERY_WAIT_SECONDS)
         except Timeout:
             raise FeatkitError(
                 f"feature store {self.store.path} is being written by another featkit process "
                 f"({_read_owner(self.store)}); wait for it to finish, or stop it — only one writer at a time"
             ) from None
         try:
-            self.store.path.with_name(self.store.path.name + ".owner").write_text(f"pid {os.getpid()} since {_now()}")
+            self.store.owner_path.write_text(f"pid {os.getpid()} since {_now()}")
             self.store._checkpoint()  # replay what a crashed writer left
             self._fh = open(self.store.wal_path, "ab")
         except BaseException:
@@ -440,7 +486,7 @@ class StoreWriter:
                 self._fh = None
             self.store._checkpoint()
         finally:
-            self.store.path.with_name(self.store.path.name + ".owner").unlink(missing_ok=True)
+            self.store.owner_path.unlink(missing_ok=True)
             self._lock.release()
 
     # -- records ---------------------------------------------------------------------
@@ -473,23 +519,54 @@ class StoreWriter:
         attrs["preprocess"] = meta.preprocess
         self._append(_encode({"type": "group", "key": key, "meta": attrs, "ids": list(ids)}))
         self.checkpoint()
+        self._ids.pop(key, None)
+
+    def _accepts(self, key: str, ids) -> None:
+        """Refuse, before it reaches the log, a record the checkpoint could not apply."""
+        if key not in self._ids:
+            with self.store._open_read() as f:
+                if key not in f or "features" not in f[key]:
+                    self.store._group(f, key)  # raises, naming the groups there are
+                self._ids[key] = set(f[key]["ids"].asstr()[:])
+        unknown = [i for i in ids if i not in self._ids[key]]
+        if unknown:
+            raise FeatkitError(f"{len(unknown)} id(s) are not rows of {key} (e.g. {unknown[0]!r}); "
+                               "add them with ensure_group first")
 
     def write_rows(self, key: str, ids: list[str], features: np.ndarray,
                    failures: list[tuple[str, str]] = ()) -> None:
+        ids, failures = list(ids), [(str(i), str(e)) for i, e in failures]
         features = np.ascontiguousarray(features, dtype=np.float32)
-        header = {"type": "rows", "key": key, "ids": list(ids), "dtype": "float32", "failures": list(failures)}
+        if features.shape[0] != len(ids):
+            raise FeatkitError(f"write_rows got {len(ids)} ids but {features.shape[0]} feature rows")
+        self._accepts(key, ids + [i for i, _ in failures])
+        header = {"type": "rows", "key": key, "ids": ids, "dtype": "float32", "failures": failures}
         self._append(_encode(header, features.tobytes()))
 
     def write_aux(self, key: str, name: str, data: np.ndarray, attrs: dict | None = None) -> None:
+        """Store ``data`` beside ``key``'s features as ``aux/<name>``, replacing an older one."""
+        self._accepts(key, [])
         data = np.ascontiguousarray(data)
+        if data.dtype.kind not in "biufc":
+            raise FeatkitError(f"aux array {name!r} must be numeric, got dtype {data.dtype}")
+        attrs = {k: (json.dumps(v, default=_json_default) if isinstance(v, dict) or v is None else _plain(v))
+                 for k, v in (attrs or {}).items()}
         header = {"type": "aux", "key": key, "name": name, "dtype": data.dtype.str, "shape": list(data.shape),
-                  "attrs": attrs or {}}
+                  "attrs": attrs}
         self._append(_encode(header, data.tobytes()))
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _read_owner(store: FeatureStore) -> str:
     try:
-        return store.path.with_name(store.path.name + ".owner").read_text().strip()
+        return store.owner_path.read_text().strip()
     except OSError:
         return "owner unknown"
 
