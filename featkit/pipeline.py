@@ -24,6 +24,8 @@ def register_variant_loader(prefix: str, loader: Callable[[Config, str, str], Ba
 def load_backbone(config: Config, backbone: str, *, weights: str | None = None, variant: str | None = None) -> Backbone:
     """The backbone for ``variant``: a weights tag, or a registered kind such as finetuned-<run>."""
     if variant:
+        if variant.startswith("finetuned-") and "finetuned-" not in _VARIANT_LOADERS:
+            import featkit.finetune  # noqa: F401  (registers its variant loader on import)
         for prefix, loader in _VARIANT_LOADERS.items():
             if variant.startswith(prefix):
                 return loader(config, backbone, variant)

@@ -1,0 +1,40 @@
+"""The variant ``finetuned-<run>``: a fine-tuned trunk loaded as a Backbone for extraction.
+
+``featkit extract --backbone mobilenet_v2 --variant finetuned-<run>`` caches its
+embeddings beside the frozen ones; the store records the trunk file's sha256 and the
+preprocessing it was trained with, so rows of two different fine-tunings never mix.
+"""
+
+from __future__ import annotations
+
+from featkit.backbones import Backbone, Preprocess, create_backbone
+from featkit.backbones.weights import file_sha256
+from featkit.config import Config
+from featkit.errors import FeatkitError
+from featkit.finetune.runs import VARIANT_PREFIX, list_runs, load_checkpoint, run_paths, runs_root
+
+
+def load_finetuned_backbone(config: Config, backbone: str, variant: str) -> Backbone:
+    """The trunk saved by run ``variant[len("finetuned-"):]``, with its preprocessing and sha256."""
+    run = variant[len(VARIANT_PREFIX):]
+    paths = run_paths(config, run) if run and "/" not in run and ".." not in run else None
+    if paths is None or not paths.trunk.is_file():
+        finished = [r for r in list_runs(config) if run_paths(config, r).trunk.is_file()]
+        raise FeatkitError(
+            f"no fine-tuned trunk for variant {variant!r} in {runs_root(config)}; run `featkit finetune` first. "
+            f"Variants there: {', '.join(VARIANT_PREFIX + r for r in finished) or '(none)'}"
+        )
+    state = load_checkpoint(paths.trunk)
+    arch = backbone.split(".", 1)[0]
+    if state.get("backbone") != arch:
+        raise FeatkitError(f"variant {variant!r} is a fine-tuned {state.get('backbone')}, not {arch}; "
+                           f"use --backbone {state.get('backbone')}")
+    net = create_backbone(arch, weights="random")  # the architecture; every weight is replaced below
+    try:
+        net.model.load_state_dict(state["state_dict"])
+    except RuntimeError as err:
+        raise FeatkitError(f"{paths.trunk} does not fit {arch}: {str(err).splitlines()[0]}") from None
+    net.weights = variant
+    net.weights_sha256 = file_sha256(paths.trunk)
+    net.preprocess = Preprocess.from_dict(state["preprocess"])
+    return net.eval()
