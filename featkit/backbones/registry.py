@@ -81,9 +81,11 @@ class Backbone(nn.Module):
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
+_builtins_loaded = False
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    _ensure_builtins()  # so a plug-in registered first neither hides the built-ins nor steals their names
     if spec.name in _REGISTRY:
         raise ValueError(f"backbone {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
@@ -91,8 +93,15 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
 
 
 def _ensure_builtins() -> None:
-    if not _REGISTRY:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True  # before the import: the built-ins register through register_backbone
+    try:
         from featkit.backbones import builtin  # noqa: F401  (registers on import)
+    except BaseException:
+        _builtins_loaded = False
+        raise
 
 
 def list_backbones(pattern: str = "*") -> list[str]:

@@ -9,10 +9,13 @@ and a missing file is a message naming the file to import, never a raw URLError.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import pickle
 import re
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +29,27 @@ T = TypeVar("T")
 
 _HASH_RE = re.compile(r"-([a-f0-9]{6,})\.")
 
+#: A download that sends nothing for this long fails (with the import message) instead of hanging.
+DOWNLOAD_TIMEOUT_S = 20.0
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
 
 def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """sha256 of ``path``, remembered per (path, size, mtime): big checkpoints are hashed once."""
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
 
 
 def hash_prefix(filename: str) -> str | None:
@@ -104,6 +117,7 @@ def install_into_cache(source: Path, target: WeightsFile) -> Path:
     os.close(fd)
     try:
         shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the hub cache is shared like torch's own downloads
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -126,16 +140,36 @@ def missing_weights_message(backbone: str, tag: str, weights: WeightsFile, reaso
     )
 
 
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    """urllib (and so torch.hub) waits forever on a silent server unless sockets have a timeout."""
+    saved = socket.getdefaulttimeout()
+    if saved is None:
+        socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(saved)
+
+
 def guarded_load(backbone: str, tag: str, weights: WeightsFile, loader: Callable[[], "T"]) -> "T":
     """Run ``loader`` (torchvision's own weight loading) with the offline pieces around it."""
     weights.ensure_cached()
-    if not weights.cache_path.is_file() and (offline() or weights.url is None):
+    cached = weights.cache_path.is_file()
+    if cached and weights.sha256_prefix and not file_sha256(weights.cache_path).startswith(weights.sha256_prefix):
+        raise FeatkitError(
+            f"{weights.cache_path} is corrupt (its sha256 does not start with {weights.sha256_prefix}); "
+            f"delete it and run `featkit weights import {weights.filename}` with a good copy"
+        )
+    if not cached and (offline() or weights.url is None):
         raise FeatkitError(missing_weights_message(backbone, tag, weights, "offline" if offline() else "no download address"))
     try:
-        return loader()
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            return loader()
     except FeatkitError:
         raise
-    except (OSError, RuntimeError) as err:  # URLError is an OSError; hash mismatches are RuntimeError
-        if weights.cache_path.is_file() and "hash" not in str(err).lower():
-            raise FeatkitError(f"cannot load {weights.cache_path}: {err}") from None
+    # URLError and timeouts are OSErrors; hash mismatches RuntimeErrors; unreadable files unpickling errors
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        if cached:
+            raise FeatkitError(f"cannot load {weights.cache_path}: {type(err).__name__}: {err}") from None
         raise FeatkitError(missing_weights_message(backbone, tag, weights, f"{type(err).__name__}: {err}")) from None
