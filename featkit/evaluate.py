@@ -301,9 +301,11 @@ def _tune_early_stopping(spec, pipe, X, y, groups, *, fixed, searched, settings)
         Xv = _transform_steps(trial, X[val])
         clf = trial.steps[-1][1]
         eval_weight = ["balanced"] if getattr(clf, "class_weight", None) == "balanced" else None
-        evals = {"eval_X": (Xv,), "eval_y": (y[val],)} if _HAS_EVAL_XY else {"eval_set": [(Xv, y[val])]}
-        clf.fit(Xt, yt, **evals, eval_class_weight=eval_weight,
-                callbacks=[lightgbm.early_stopping(settings.stopping_rounds, verbose=False)])
+        with warnings.catch_warnings():
+            # LightGBM 4.7 deprecates eval_set for eval_X/eval_y, but only eval_set label-encodes string classes
+            warnings.filterwarnings("ignore", message=".*eval_set.*deprecated")
+            clf.fit(Xt, yt, eval_set=[(Xv, y[val])], eval_class_weight=eval_weight,
+                    callbacks=[lightgbm.early_stopping(settings.stopping_rounds, verbose=False)])
         rounds = int(clf.best_iteration_ or clf.n_estimators)
         score = float(balanced_accuracy_score(y[val], clf.predict(Xv, num_iteration=rounds)))
         tried.append({**{k: _plain(v) for k, v in candidate.items()}, "rounds": rounds,
@@ -321,15 +323,6 @@ def _tune_early_stopping(spec, pipe, X, y, groups, *, fixed, searched, settings)
     return fitted, chosen, detail
 
 
-def _lgbm_has_eval_xy() -> bool:
-    import inspect
-
-    from lightgbm import LGBMClassifier
-
-    return "eval_X" in inspect.signature(LGBMClassifier.fit).parameters  # LightGBM >= 4.7 deprecates eval_set
-
-
-_HAS_EVAL_XY = _lgbm_has_eval_xy()
 _TUNERS = {"grid": _tune_grid, "early_stopping": _tune_early_stopping}
 
 

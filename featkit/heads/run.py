@@ -77,6 +77,27 @@ class TaskData:
     counts: dict
 
 
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_params(items: list[str]) -> dict[str, tuple]:
+    """``["C=0.1", "num_leaves=7,15,31"]`` -> ``{"C": (0.1,), "num_leaves": (7, 15, 31)}``."""
+    out: dict[str, tuple] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        parts = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not name.strip() or not parts:
+            raise FeatkitError(f"parameter {item!r} is not NAME=VALUE or NAME=V1,V2 (e.g. C=0.1, num_leaves=7,15,31)")
+        out[name.strip()] = tuple(_number(v) for v in parts)
+    return out
+
+
 def load_features(config: Config, *, backbone: str | None = None, variant: str | None = None) -> FeatureSet:
     """The cached embeddings ``fit`` uses: the store's only group unless backbone/variant pick one."""
     store = FeatureStore(config.store_path)
@@ -286,3 +307,17 @@ def _write_run(run_dir: Path, report: dict, data: TaskData, evaluation: Evaluati
     tmp = run_dir / ".report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2, default=str))
     tmp.replace(run_dir / "report.json")
+
+
+def demo_step(config: Config, collection: Collection, key: str, opts: dict) -> dict:
+    """``featkit demo``: fit every task with logreg and report balanced accuracy per task."""
+    backbone, variant = key.split("/", 1)
+    results = fit_tasks(config, tasks=list(collection.tasks), clf="logreg", backbone=backbone, variant=variant,
+                        settings=FitSettings(cv=opts.get("cv", 5)))
+    lines = [
+        f"fit {r.report['task']} (logreg, {r.report['split']['description']}): balanced accuracy "
+        f"{r.metrics['balanced_accuracy']:.3f} (chance {r.metrics['chance_balanced_accuracy']:.3f}), "
+        f"macro-F1 {r.metrics['macro_f1']:.3f} → {r.run_dir}"
+        for r in results
+    ]
+    return {"heads": {r.report["task"]: {"run": str(r.run_dir), **r.metrics} for r in results}, "lines": lines}

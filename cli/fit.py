@@ -1,0 +1,54 @@
+"""featkit fit: evaluate a head on cached embeddings, save the run (report, PNG, model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json
+from featkit.evaluate import SPLIT_MODES
+from featkit.heads import list_heads, rebalance_choices
+from featkit.heads.run import FitSettings, fit_tasks, parse_params
+
+
+@friendly
+def fit(
+    task: str = typer.Option(..., "--task", "-t", help="A task of the collection, a,b list, or 'all'."),
+    clf: str = typer.Option("logreg", "--clf", help=f"Head: {', '.join(list_heads())}."),
+    backbone: str = typer.Option(None, "--backbone", "-b", help="Cached embeddings to use (default: the only ones)."),
+    variant: str = typer.Option(None, help="Store variant below the backbone (default: the only one)."),
+    rebalance: str = typer.Option("auto", help=f"{', '.join(rebalance_choices())}; on training folds only."),
+    pca: int = typer.Option(None, "--pca", min=0, help="PCA components inside the pipeline (0: none; "
+                                                       "default: lgbm 128 on wide embeddings)."),
+    cv: int = typer.Option(5, "--cv", min=2, help="Folds when the collection has no split column."),
+    inner_cv: int = typer.Option(3, "--inner-cv", min=2, help="Inner folds for choosing hyperparameters."),
+    split: str = typer.Option("auto", help=f"{', '.join(SPLIT_MODES)} (auto: split column, else group-aware "
+                                           "folds when there is a group column)."),
+    param: list[str] = typer.Option(None, "--param", "-p", help="Hyperparameter NAME=V or NAME=V1,V2 (searched), "
+                                                                "e.g. C=0.1 or num_leaves=7,15,31."),
+    seed: int = typer.Option(0, help="Seed for folds, samplers and models."),
+    no_model: bool = typer.Option(False, "--no-model", help="Evaluate only; skip the final refit and saved model."),
+    out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<task>-<clf>-<backbone>-<time>)."),
+    config_dir: Path = ConfigOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Fit and honestly evaluate a head per task on the cached embeddings."""
+    config = load_config(config_dir)
+    settings = FitSettings(cv=cv, inner_cv=inner_cv, split=split, rebalance=rebalance, pca=pca, seed=seed,
+                           params=parse_params(param or []), out=out, save_model=not no_model)
+    tasks = [t.strip() for t in task.split(",") if t.strip()]
+    results = fit_tasks(config, tasks=tasks, clf=clf, backbone=backbone, variant=variant, settings=settings)
+    if json_out:
+        print_json(results[0].report if len(results) == 1 else [r.report for r in results])
+        return
+    for r in results:
+        rep, m = r.report, r.metrics
+        console.print(f"[bold]{rep['task']}[/] · {rep['clf']} · {rep['backbone']}/{rep['variant']} — "
+                      f"balanced acc [bold]{m['balanced_accuracy']:.3f}[/] (chance {m['chance_balanced_accuracy']:.3f}), "
+                      f"macro-F1 {m['macro_f1']:.3f}, acc {m['accuracy']:.3f}")
+        console.print(f"  {rep['split']['description']}; rebalance {rep['rebalance']['used']} "
+                      f"({rep['rebalance']['reason']}); fit {rep['fit_seconds']:.1f} s", highlight=False)
+        for warning in rep["warnings"]:
+            console.print(f"  [yellow]warning[/] {warning}", highlight=False)
+        console.print(f"  → {r.run_dir}")

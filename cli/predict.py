@@ -1,0 +1,50 @@
+"""featkit predict: labels and probabilities for new images from saved heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ._common import JsonOpt, console, friendly, print_json
+from featkit.config import find_config
+from featkit.errors import FeatkitError
+from featkit.predict import PredictSettings, predict_images, write_predictions_csv
+
+
+@friendly
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="Images, folders or manifest CSVs."),
+    model: list[Path] = typer.Option(..., "--model", "-m", help="Run folder from `featkit fit` (repeat per task)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write predictions as CSV here."),
+    image_column: str = typer.Option(None, help="Image column of manifest inputs (default: detected)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N] for embedding new images."),
+    config_dir: Path = typer.Option(None, "--config", file_okay=False,
+                                    help="Collection whose store may already hold the images (default: cwd if any)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Predict each task's label and probabilities; embeds what the store lacks with the model's backbone."""
+    try:
+        config = find_config(config_dir)
+    except FeatkitError:
+        if config_dir is not None:
+            raise
+        config = None  # no collection here: embed everything
+    settings = PredictSettings(batch_size=batch_size, device=device, image_column=image_column)
+    result = predict_images(model, inputs, config=config, settings=settings)
+    if out:
+        write_predictions_csv(result, out)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    table = Table("image", *result.tasks)
+    for row in result.rows:
+        cells = [f"{row[t]['label']} ({row[t]['probability']:.2f})" if t in row else f"[red]{row['error']}[/]"
+                 for t in result.tasks]
+        table.add_row(row["image"], *cells)
+    console.print(table)
+    s = result.sources
+    console.print(f"{len(result.rows)} images: {s['store']} from the store, {s['embedded']} embedded, "
+                  f"{s['failed']} failed" + (f"; written to {out}" if out else ""))
