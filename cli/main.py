@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from . import backbones, demo, extract, info, init, weights
+from . import fit, predict, report
+from . import finetune
 
 app = typer.Typer(
     name="featkit",
@@ -19,6 +21,10 @@ app.command("info")(info.info)
 app.command("backbones")(backbones.backbones)
 app.add_typer(weights.app, name="weights")
 app.command("demo")(demo.demo)
+app.command("fit")(fit.fit)
+app.command("report")(report.report)
+app.command("predict")(predict.predict)
+app.command("finetune")(finetune.finetune)
 
 
 def main() -> None:
