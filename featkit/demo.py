@@ -162,6 +162,15 @@ def make_demo_collection(out: Path, *, n_objects: int = 150, views: int = 2, siz
 DEMO_STEPS: list = []
 
 
+def _fit_heads(config, collection, key, opts):  # issue 3: a logreg head per task, balanced accuracy lines
+    from featkit.heads.run import demo_step
+
+    return demo_step(config, collection, key, opts)
+
+
+DEMO_STEPS.append(_fit_heads)
+
+
 def run_demo(out: Path, *, backbone: str = "mobilenet_v2", n_objects: int = 150, progress: bool = True,
              extract_settings=None) -> dict:
     """Make the demo collection in ``out`` and run the main job on it."""
