@@ -162,7 +162,8 @@ def create_head(
             f"valid: {', '.join(sorted(spec.param_names()))}"
         )
     chosen, _ = resolve_rebalance(name, rebalance, class_counts)
-    values = {**spec.defaults, **{k: v[0] for k, v in spec.grid.items() if k not in spec.defaults}, **params}
+    # untuned, a searched hyperparameter takes the middle of its grid
+    values = {**spec.defaults, **{k: v[len(v) // 2] for k, v in spec.grid.items() if k not in spec.defaults}, **params}
     clf = spec.build(values, class_weight="balanced" if chosen == CLASS_WEIGHT else None, seed=seed,
                      n_jobs=n_jobs or default_jobs())
     steps: list[tuple[str, Any]] = [("scale", StandardScaler())]

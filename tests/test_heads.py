@@ -1,0 +1,103 @@
+"""The head registry: each head is a real pipeline that learns, rebalancing that changes outcomes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from imblearn.over_sampling import SMOTE, RandomOverSampler
+from sklearn.metrics import balanced_accuracy_score, recall_score
+
+from featkit.errors import FeatkitError
+from featkit.heads import (HeadSpec, create_head, list_heads, list_samplers, make_head, rebalance_choices,
+                           register_head, resolve_rebalance)
+
+
+def blobs(n_per_class=(200, 200, 200), dim=40, sep=3.0, seed=0):
+    """Gaussian clusters (string labels) in ``dim`` dims, most of them noise."""
+    rng = np.random.default_rng(seed)
+    X, y = [], []
+    for k, n in enumerate(n_per_class):
+        centre = np.zeros(dim)
+        centre[k % dim] = sep
+        X.append(rng.normal(size=(n, dim)) + centre)
+        y += [f"class_{k}"] * n
+    return np.vstack(X).astype(np.float32), np.array(y, dtype=object)
+
+
+def test_registry_lists_the_builtin_heads_and_samplers():
+    assert {"logreg", "linsvc", "lgbm"} <= set(list_heads())
+    assert list_heads("lin*") == ["linsvc"]
+    assert {"oversample", "smote", "undersample"} <= set(list_samplers())
+    assert rebalance_choices()[:3] == ["auto", "none", "class_weight"]
+
+
+def test_unknown_head_names_the_valid_ones():
+    with pytest.raises(FeatkitError, match=r"unknown head 'xgb'; valid choices: lgbm, linsvc, logreg"):
+        create_head("xgb", n_classes=3)
+
+
+def test_registering_a_name_twice_is_refused():
+    with pytest.raises(ValueError, match="already registered"):
+        register_head(HeadSpec(name="logreg", description="again", build=lambda *a, **k: None))
+
+
+def test_bad_arguments_are_refused_with_the_valid_values():
+    with pytest.raises(FeatkitError, match="unknown rebalance 'magic'; valid choices: .*smote"):
+        create_head("logreg", n_classes=3, rebalance="magic")
+    with pytest.raises(FeatkitError, match=r"unknown parameter\(s\) gamma for head 'logreg'; valid: C"):
+        create_head("logreg", n_classes=3, params={"gamma": 1})
+    with pytest.raises(FeatkitError, match="at least 2 classes"):
+        create_head("lgbm", n_classes=1)
+    with pytest.raises(FeatkitError, match="pca must be a positive"):
+        create_head("logreg", n_classes=3, pca=-4)
+
+
+@pytest.mark.parametrize("name", ["logreg", "linsvc", "lgbm"])
+@pytest.mark.parametrize("rebalance", ["none", "class_weight", "oversample", "smote", "undersample"])
+def test_every_head_learns_with_every_rebalancing(name, rebalance):
+    X, y = blobs((150, 60, 30), sep=4.0, seed=1)
+    Xt, yt = blobs((100, 100, 100), sep=4.0, seed=2)
+    pipe = create_head(name, n_classes=3, rebalance=rebalance, pca=None,
+                       params={"n_estimators": 60} if name == "lgbm" else None,
+                       class_counts={"class_0": 150, "class_1": 60, "class_2": 30})
+    steps = [s for s, _ in pipe.steps]
+    assert steps[0] == "scale" and steps[-1] == "clf"
+    assert ("sampler" in steps) == (rebalance in ("oversample", "smote", "undersample"))
+    pipe.fit(X, y)
+    proba = pipe.predict_proba(Xt)
+    assert proba.shape == (300, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert list(pipe.classes_) == ["class_0", "class_1", "class_2"]
+    assert balanced_accuracy_score(yt, pipe.predict(Xt)) > 0.8
+
+
+def test_class_weight_reaches_the_classifier_and_samplers_sit_before_it():
+    lin = create_head("linsvc", n_classes=2, rebalance="class_weight")
+    assert lin.named_steps["clf"].estimator.class_weight == "balanced"
+    smote = create_head("logreg", n_classes=2, rebalance="smote", pca=5, class_counts={"a": 100, "b": 8})
+    assert [s for s, _ in smote.steps] == ["scale", "pca", "sampler", "clf"]
+    assert isinstance(smote.named_steps["sampler"], SMOTE)
+    assert smote.named_steps["sampler"].k_neighbors == 3  # small class: fewer neighbours than the default 5
+    assert isinstance(create_head("lgbm", n_classes=2, rebalance="oversample").named_steps["sampler"],
+                      RandomOverSampler)
+    assert make_head("logreg", n_classes=2, rebalance="none", pca=None, params={"C": 0.5}).named_steps["clf"].C == 0.5
+
+
+def test_rebalancing_raises_minority_recall_on_imbalanced_data():
+    # overlapping classes, 20:1: without rebalancing the minority class is mostly predicted away
+    X, y = blobs((1000, 50), dim=10, sep=1.5, seed=3)
+    Xt, yt = blobs((500, 500), dim=10, sep=1.5, seed=4)
+    recalls = {}
+    for rebalance in ("none", "class_weight", "oversample", "smote", "undersample"):
+        pipe = create_head("logreg", n_classes=2, rebalance=rebalance, class_counts={"class_0": 1000, "class_1": 50})
+        recalls[rebalance] = recall_score(yt, pipe.fit(X, y).predict(Xt), pos_label="class_1")
+    for rebalance in ("class_weight", "oversample", "smote", "undersample"):
+        assert recalls[rebalance] > recalls["none"] + 0.2, recalls
+
+
+def test_auto_rebalance_says_what_it_chose_and_why():
+    used, reason = resolve_rebalance("lgbm", "auto", {"a": 1000, "b": 23})
+    assert used == "class_weight" and "43.5" in reason and "a 1000 vs b 23" in reason
+    used, reason = resolve_rebalance("logreg", "auto", {"a": 100, "b": 90})
+    assert used == "none" and "balanced" in reason
+    assert resolve_rebalance("linsvc", "smote", {"a": 100, "b": 9}) == ("smote", "as requested")
