@@ -19,8 +19,14 @@ def backbones(
     if json_out:
         print_json(rows)
         return
-    table = Table("name", "dim", "input", "weights", "available here", "file")
+    table = Table()
+    table.add_column("name", no_wrap=True)  # never wrapped or cut short
+    for column in ("dim", "input", "weights", "here"):
+        table.add_column(column)
+    table.add_column("file", overflow="fold")
     for r in rows:
         table.add_row(r["name"], str(r["dim"]), str(r["input_size"]), r["weights"],
-                      "[green]yes[/]" if r["available"] else "[red]no[/] (import or download)", r["file"] or "")
+                      "[green]yes[/]" if r["available"] else "[red]no[/]", r["file"] or "")
     console.print(table)
+    if not all(r["available"] for r in rows):
+        console.print("weights marked no: download them here, or `featkit weights import FILE` from another machine")

@@ -29,14 +29,19 @@ def info(
         print_json(summary)
         return
     console.print(f"[bold]{summary['path']}[/] ({summary['size_bytes'] / 1e6:.1f} MB)")
-    table = Table("group", "rows", "done", "failed", "pending", "dim", "dtype", "weights", "preprocess", "updated")
+    table = Table()
+    table.add_column("group", no_wrap=True)  # never cut short: it is what other commands take
+    for column in ("rows", "done", "failed", "pending", "dim", "dtype"):
+        table.add_column(column)
+    for g in summary["groups"]:
+        table.add_row(g["key"], str(g["rows"]), str(g["done"]), str(g["failed"]), str(g["pending"]), str(g["dim"]),
+                      g["dtype"])
+    console.print(table)
     for g in summary["groups"]:
         pre = g.get("preprocess", {})
-        table.add_row(g["key"], str(g["rows"]), str(g["done"]), str(g["failed"]), str(g["pending"]), str(g["dim"]),
-                      g["dtype"], f"{g.get('weights')} ({str(g.get('weights_sha256'))[:10]})",
-                      f"{pre.get('resize_size')}→{pre.get('crop_size')} {pre.get('interpolation')}",
-                      str(g.get("updated", "")))
-    console.print(table)
+        console.print(f"{g['key']}: weights {g.get('weights')} (sha256 {str(g.get('weights_sha256'))[:10]}), "
+                      f"resize {pre.get('resize_size')} → crop {pre.get('crop_size')} {pre.get('interpolation')}, "
+                      f"updated {g.get('updated', '?')}", highlight=False)
     if failures:
         for g in summary["groups"]:
             for image_id, error in g["failures"].items():
