@@ -7,6 +7,7 @@ import typer
 from . import backbones, demo, extract, info, init, weights
 from . import fit, predict, report
 from . import finetune
+from . import duplicates, label_issues, outliers, rank, separability, umap
 
 app = typer.Typer(
     name="featkit",
@@ -25,6 +26,12 @@ app.command("fit")(fit.fit)
 app.command("report")(report.report)
 app.command("predict")(predict.predict)
 app.command("finetune")(finetune.finetune)
+app.command("umap")(umap.umap)
+app.command("separability")(separability.separability)
+app.command("outliers")(outliers.outliers)
+app.command("label-issues")(label_issues.label_issues)
+app.command("duplicates")(duplicates.duplicates)
+app.command("rank")(rank.rank)
 
 
 def main() -> None:

@@ -171,6 +171,15 @@ def _fit_heads(config, collection, key, opts):  # issue 3: a logreg head per tas
 DEMO_STEPS.append(_fit_heads)
 
 
+def _explore(config, collection, key, opts):  # issue 5: UMAP PNGs + HTML, separability lines
+    from featkit.explore.demo import demo_step
+
+    return demo_step(config, collection, key, opts)
+
+
+DEMO_STEPS.append(_explore)
+
+
 def run_demo(out: Path, *, backbone: str = "mobilenet_v2", n_objects: int = 150, progress: bool = True,
              extract_settings=None) -> dict:
     """Make the demo collection in ``out`` and run the main job on it."""
@@ -191,5 +200,9 @@ def run_demo(out: Path, *, backbone: str = "mobilenet_v2", n_objects: int = 150,
     results = {"collection": str(out), "images": len(collection), "extract": summary.to_dict(),
                "store": FeatureStore(config.store_path).info()}
     for step in DEMO_STEPS:
-        results.update(step(config, collection, summary.key, {"progress": progress}))
+        step_results = step(config, collection, summary.key, {"progress": progress})
+        lines = results.get("lines", []) + list(step_results.pop("lines", []))  # every step's lines, in order
+        results.update(step_results)
+        if lines:
+            results["lines"] = lines
     return results

@@ -1,0 +1,51 @@
+"""featkit label-issues: likely mislabelled images from out-of-fold probabilities (confident learning)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json
+from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt
+from featkit.data import load_collection
+from featkit.explore._data import resolve_key, resolve_task
+from featkit.explore.label_issues import RANK_BY, LabelIssueSettings, find_label_issues
+from featkit.heads import list_heads
+
+
+@friendly
+def label_issues(
+    task: str = OneTaskOpt,
+    clf: str = typer.Option("logreg", "--clf", help=f"Head for the out-of-fold probabilities: {', '.join(list_heads())}."),
+    cv: int = typer.Option(5, "--cv", min=2, help="Folds (group-aware when the collection has groups)."),
+    c: float = typer.Option(None, "--C", help="Fix the head's C (faster; default: chosen by inner CV)."),
+    rank_by: str = typer.Option("self_confidence", "--rank-by", help=f"{', '.join(RANK_BY)} (lowest first)."),
+    show: int = typer.Option(30, "--show", min=0, help="Rows to print (the CSV has them all)."),
+    backbone: str = BackboneOpt,
+    variant: str = VariantOpt,
+    out: Path = OutOpt,
+    config_dir: Path = ConfigOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Rank images whose given label the embedding confidently disagrees with, with a suggested label."""
+    config = load_config(config_dir)
+    collection = load_collection(config)
+    task = resolve_task(config, task, collection)
+    key = resolve_key(config, backbone=backbone, variant=variant)
+    settings = LabelIssueSettings(clf=clf, cv=cv, C=c, rank_by=rank_by)
+    report = find_label_issues(config, key=key, task=task, settings=settings,
+                               out=out, collection=collection)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    r = report.result
+    table = Table("rank", "given", "suggested", "p(given)", "p(suggested)", "margin", "image",
+                  title=f"{key} — {report.task}: {len(report.frame)} likely label issues of {r.n} "
+                        f"(estimated noise {r.noise_rate:.1%})")
+    for row in report.frame.head(show).itertuples(index=False):
+        table.add_row(str(row.rank), row.given, row.suggested, fmt(row.self_confidence), fmt(row.suggested_confidence),
+                      fmt(row.margin), row.id)
+    console.print(table)
+    console.print(f"probabilities: {r.proba_source}\nCSV: {report.csv}", highlight=False)

@@ -1,0 +1,47 @@
+"""featkit rank: backbones ranked per task by LogME, beside the probe's balanced accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json, split_list
+from ._explore import TasksOpt, fmt
+from featkit.data import load_collection
+from featkit.explore._data import resolve_keys
+from featkit.explore.rank import rank_backbones
+
+
+@friendly
+def rank(
+    task: str = TasksOpt,
+    backbone: str = typer.Option(None, "--backbone", "-b", help="Only this backbone (default: every cached one)."),
+    variant: str = typer.Option(None, "--variant", help="Only this variant (default: every cached one)."),
+    runs: Path = typer.Option(None, "--runs", help="Runs folder of `featkit fit` (default: runs/ beside featkit.toml)."),
+    config_dir: Path = ConfigOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Transferability (LogME) of every cached backbone/variant per task, without training a head."""
+    config = load_config(config_dir)
+    collection = load_collection(config)
+    keys = resolve_keys(config, backbone=backbone, variant=variant)
+    report = rank_backbones(config, keys=keys, tasks=split_list(task), runs_dir=runs, collection=collection)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    table = Table("task", "rank", "features", "LogME", "probe bal-acc", "probe rank", "run", title="LogME ranking")
+    for r in report.rows:
+        table.add_row(r["task"], str(r["rank_logme"]), r["key"], fmt(r["logme"], 4),
+                      fmt(r["probe_balanced_accuracy"]), fmt(r["rank_probe"]), r["run"] or "–")
+    console.print(table)
+    for a in report.agreement:
+        if a["spearman"] is not None:
+            console.print(f"{a['task']}: LogME vs probe over {a['n']} backbones — Spearman {a['spearman']:+.2f}, "
+                          f"Kendall {a['kendall']:+.2f}")
+        else:
+            console.print(f"{a['task']}: {a['n']} fitted probe(s); `featkit fit --task {a['task']}` on two or more "
+                          "backbones to check the ranking")
+    for s in report.skipped:
+        console.print(f"[yellow]skipped[/] {s['key']} {s['task']}: {s['reason']}", highlight=False)
