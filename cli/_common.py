@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from featkit.config import Config, find_config
 from featkit.errors import FeatkitError
@@ -30,7 +31,7 @@ def friendly(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except FeatkitError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: everything computed so far is saved; rerun to resume")
