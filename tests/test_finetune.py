@@ -185,7 +185,7 @@ def test_finetune_loss_falls_and_reports_like_fit(trained):
     assert report == result.report and report["variant"] == "finetuned-glaze+form"
     for entry in report["tasks"]:
         assert entry["clf"] == "finetune" and entry["backbone"] == "mobilenet_v2"
-        assert set(entry["metrics"]) == {"accuracy", "balanced_accuracy", "macro_f1"}
+        assert {"accuracy", "balanced_accuracy", "macro_f1"} <= set(entry["metrics"])
         assert sum(c["support"] for c in entry["per_class"].values()) == entry["n_test"] == report["split"]["test"]
     glaze = next(r for r in report["tasks"] if r["task"] == "glaze")
     assert glaze["metrics"]["balanced_accuracy"] > 0.4  # five glazes: chance is 0.2

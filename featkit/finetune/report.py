@@ -6,7 +6,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report, f1_score
+from sklearn.metrics import balanced_accuracy_score
+
+from featkit.evaluate import compute_metrics
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float | None:
@@ -20,28 +22,12 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float | None:
 
 def task_report(task: str, y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...], *,
                 backbone: str, variant: str) -> dict:
-    """Held-out metrics of one task; ``y_*`` are class indices of the labelled rows."""
-    names = np.asarray(classes, dtype=object)
-    true, pred = names[y_true], names[y_pred]
+    """Held-out metrics of one task in fit's report.json shape; ``y_*`` are class indices of labelled rows."""
     out = {"task": task, "clf": "finetune", "backbone": backbone, "variant": variant, "n_test": int(len(y_true))}
     if len(y_true) == 0:
-        out.update(metrics={"accuracy": None, "balanced_accuracy": None, "macro_f1": None}, per_class={})
-        return out
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        labels = sorted(set(true) | set(pred))
-        table = classification_report(true, pred, labels=labels, output_dict=True, zero_division=0)
-        out["metrics"] = {
-            "accuracy": float(accuracy_score(true, pred)),
-            "balanced_accuracy": balanced_accuracy(true, pred),
-            "macro_f1": float(f1_score(true, pred, average="macro", labels=labels, zero_division=0)),
-        }
-    out["per_class"] = {
-        name: {"precision": float(table[name]["precision"]), "recall": float(table[name]["recall"]),
-               "f1": float(table[name]["f1-score"]), "support": int(table[name]["support"])}
-        for name in labels
-    }
-    return out
+        return {**out, "metrics": {"accuracy": None, "balanced_accuracy": None, "macro_f1": None}, "per_class": {}}
+    names = np.asarray(classes, dtype=object)
+    return {**out, **compute_metrics(names[y_true], names[y_pred], classes)}
 
 
 def plot_curves(history: list[dict], path: Path, *, best_epoch: int | None = None, title: str = "") -> Path:

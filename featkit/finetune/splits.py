@@ -1,26 +1,24 @@
 """Train / validation / held-out test rows for fine-tuning, never splitting a group.
 
-From the collection's split column when it has one (train, val/valid/dev, test/holdout);
-what it lacks is carved from its training rows. Without one, a group-aware stratified
-holdout (scikit-learn's StratifiedGroupKFold, first fold) takes the test rows and then
-the validation rows, stratified on the first task's labels.
+From the collection's split column when it has one (train, val, test, read as fit reads
+them); what it lacks is carved from its training rows. Without one, a group-aware
+stratified holdout (the first fold of fit's StratifiedGroupKFold) takes the test rows
+and then the validation rows, stratified on the first task's labels.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from featkit.data.manifest import Collection
 from featkit.errors import FeatkitError
+from featkit.evaluate import TEST_VALUES, VAL_VALUES, evaluation_splits
 
-_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
-          "test": "test", "holdout": "test"}
+_NAMES = {"train": "train", **{v: "val" for v in VAL_VALUES}, **{v: "test" for v in TEST_VALUES}}
 _UNKNOWN = "\0unknown"
 
 
@@ -62,15 +60,13 @@ def _groups(collection: Collection) -> np.ndarray:
 
 
 def _holdout(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, fraction: float, seed: int, what: str):
+    """The first fold of fit's group-aware stratified K-fold, K = 1 / fraction."""
     n_splits = max(2, round(1 / fraction))
     n_groups = len(set(groups[rows]))
     if n_groups < n_splits:
         raise FeatkitError(f"only {n_groups} groups to split a {what} of {fraction:.0%} from; "
                            f"at least {n_splits} are needed (lower the fraction or add images)")
-    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():  # rare classes: "least populated class has only k members"
-        warnings.simplefilter("ignore", UserWarning)
-        keep, held = next(cv.split(rows, y[rows], groups[rows]))
+    keep, held = evaluation_splits(y[rows], groups[rows], cv=n_splits, mode="group", seed=seed).folds[0]
     return rows[keep], rows[held]
 
 
