@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import typer
+from rich.markup import escape
 
 BackboneOpt = typer.Option(None, "--backbone", "-b", help="Cached backbone (default: the only one in the store).")
 VariantOpt = typer.Option(None, "--variant", help="Store variant below the backbone, e.g. imagenet1k_v1 or "
@@ -21,3 +22,8 @@ def fmt(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def text(value) -> str:
+    """User data (ids, paths, class names) for a rich table cell: markup-escaped."""
+    return "–" if value is None else escape(str(value))

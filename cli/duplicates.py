@@ -8,9 +8,9 @@ import typer
 from rich.table import Table
 
 from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json
-from ._explore import BackboneOpt, OutOpt, VariantOpt, fmt
+from ._explore import BackboneOpt, OutOpt, VariantOpt, fmt, text
 from featkit.data import load_collection
-from featkit.explore._data import resolve_key
+from featkit.explore.embeddings import resolve_key
 from featkit.explore.duplicates import DuplicateSettings, find_duplicates
 
 
@@ -36,11 +36,12 @@ def duplicates(
         print_json(report.to_dict())
         return
     pairs = report.leaks if leaks_only else report.pairs
-    table = Table("similarity", "image a", "image b", "leak",
+    table = Table("similarity", "image a", "image b", "leak", "labels differ",
                   title=f"{key}: {len(report.pairs)} pairs ≥ {threshold} among {report.n_images} images, "
                         f"{len(report.leaks)} leak" + (" (truncated)" if report.truncated else ""))
     for row in pairs.head(show).itertuples(index=False):
-        table.add_row(fmt(row.similarity, 4), row.id_a, row.id_b, row.leak_reason or "–",
+        table.add_row(fmt(row.similarity, 4), text(row.id_a), text(row.id_b), row.leak_reason or "–",
+                      text(row.label_conflict or None),
                       style="bold red" if row.leak else None)
     console.print(table)
-    console.print(f"CSV: {report.csv}")
+    console.print(f"CSV: {text(report.csv)}")

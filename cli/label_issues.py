@@ -8,9 +8,9 @@ import typer
 from rich.table import Table
 
 from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json
-from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt
+from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt, text
 from featkit.data import load_collection
-from featkit.explore._data import resolve_key, resolve_task
+from featkit.explore.embeddings import resolve_key, resolve_task
 from featkit.explore.label_issues import RANK_BY, LabelIssueSettings, find_label_issues
 from featkit.heads import list_heads
 
@@ -45,7 +45,7 @@ def label_issues(
                   title=f"{key} — {report.task}: {len(report.frame)} likely label issues of {r.n} "
                         f"(estimated noise {r.noise_rate:.1%})")
     for row in report.frame.head(show).itertuples(index=False):
-        table.add_row(str(row.rank), row.given, row.suggested, fmt(row.self_confidence), fmt(row.suggested_confidence),
-                      fmt(row.margin), row.id)
+        table.add_row(str(row.rank), text(row.given), text(row.suggested), fmt(row.self_confidence),
+                      fmt(row.suggested_confidence), fmt(row.margin), text(row.id))
     console.print(table)
-    console.print(f"probabilities: {r.proba_source}\nCSV: {report.csv}", highlight=False)
+    console.print(f"probabilities: {r.proba_source}\nCSV: {text(report.csv)}", highlight=False)

@@ -8,9 +8,9 @@ import typer
 from rich.table import Table
 
 from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json
-from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt
+from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt, text
 from featkit.data import load_collection
-from featkit.explore._data import resolve_key, resolve_task
+from featkit.explore.embeddings import resolve_key, resolve_task
 from featkit.explore.outliers import OUTLIER_METHODS, OutlierSettings, find_outliers
 
 
@@ -41,6 +41,6 @@ def outliers(
     table = Table("#", "class", "rank in class", "score ÷ median", "image",
                   title=f"{key} — {report.task}: top {len(report.top_rows)} outliers ({method})")
     for i, r in enumerate(report.top_rows.to_dict(orient="records"), 1):
-        table.add_row(str(i), r["class"], str(r["rank_in_class"]), fmt(r["relative_score"], 2), r["id"])
+        table.add_row(str(i), text(r["class"]), str(r["rank_in_class"]), fmt(r["relative_score"], 2), text(r["id"]))
     console.print(table)
-    console.print(f"CSV: {report.csv}" + (f"\ngallery: {report.gallery}" if report.gallery else ""))
+    console.print(f"CSV: {text(report.csv)}" + (f"\ngallery: {text(report.gallery)}" if report.gallery else ""))

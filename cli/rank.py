@@ -8,9 +8,9 @@ import typer
 from rich.table import Table
 
 from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json, split_list
-from ._explore import TasksOpt, fmt
+from ._explore import TasksOpt, fmt, text
 from featkit.data import load_collection
-from featkit.explore._data import resolve_keys
+from featkit.explore.embeddings import resolve_keys
 from featkit.explore.rank import rank_backbones
 
 
@@ -34,7 +34,7 @@ def rank(
     table = Table("task", "rank", "features", "LogME", "probe bal-acc", "probe rank", "run", title="LogME ranking")
     for r in report.rows:
         table.add_row(r["task"], str(r["rank_logme"]), r["key"], fmt(r["logme"], 4),
-                      fmt(r["probe_balanced_accuracy"]), fmt(r["rank_probe"]), r["run"] or "–")
+                      fmt(r["probe_balanced_accuracy"]), fmt(r["rank_probe"]), text(r["run"]))
     console.print(table)
     for a in report.agreement:
         if a["spearman"] is not None:

@@ -8,9 +8,9 @@ import typer
 from rich.table import Table
 
 from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json, split_list
-from ._explore import TasksOpt, fmt
+from ._explore import TasksOpt, fmt, text
 from featkit.data import load_collection
-from featkit.explore._data import resolve_keys
+from featkit.explore.embeddings import resolve_keys
 from featkit.explore.separability import SeparabilitySettings, separability as measure
 
 
@@ -45,7 +45,7 @@ def separability(
     if per_class:
         detail = Table("features", "task", "class", "n", "silhouette", "kNN recall", title="per class")
         for r in report.per_class:
-            detail.add_row(r["key"], r["task"], r["class"], str(r["n"]), fmt(r["silhouette"]), fmt(r["knn_recall"]))
+            detail.add_row(r["key"], r["task"], text(r["class"]), str(r["n"]), fmt(r["silhouette"]), fmt(r["knn_recall"]))
         console.print(detail)
     for s in report.skipped:
         console.print(f"[yellow]skipped[/] {s['key']} {s['task']}: {s['reason']}", highlight=False)

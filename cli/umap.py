@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 
 from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json, split_list
-from ._explore import BackboneOpt, OutOpt, TasksOpt, VariantOpt
+from ._explore import BackboneOpt, OutOpt, TasksOpt, VariantOpt, text
 from featkit.data import load_collection
-from featkit.explore._data import resolve_key, resolve_tasks
+from featkit.explore.embeddings import resolve_key, resolve_tasks
 from featkit.explore.umap import KNN_METHODS, UmapSettings, draw_umap
 
 
@@ -47,8 +47,8 @@ def umap(
     how = "read from the store" if r.cached else f"computed in {r.seconds:.1f} s and cached"
     console.print(f"[bold]{key}[/]: UMAP of {len(r.ids)} images {how} ({r.aux_name})")
     if r.note:
-        console.print(f"  [yellow]{r.note}[/]", highlight=False)
+        console.print(f"  [yellow]{text(r.note)}[/]", highlight=False)
     for task, png in report.pngs.items():
-        console.print(f"  {task}: {png}")
+        console.print(f"  {task}: {text(png)}")
     if report.html:
-        console.print(f"  interactive: {report.html} ({report.thumbnails} hover thumbnails)")
+        console.print(f"  interactive: {text(report.html)} ({report.thumbnails} hover thumbnails)")

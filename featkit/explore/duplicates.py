@@ -1,4 +1,4 @@
-"""Near-duplicate images and the split leaks they cause.
+"""Near-duplicate images, the split leaks they cause, and duplicates labelled two ways.
 
 Pairs are found by cosine similarity of L2-normalised embeddings, block by block
 (never an n x n matrix), at or above a threshold. A pair *leaks* when its two images
@@ -17,7 +17,7 @@ import pandas as pd
 from featkit.config import Config
 from featkit.data.manifest import Collection, load_collection
 from featkit.errors import FeatkitError
-from featkit.explore._data import default_out, load_embeddings
+from featkit.explore.embeddings import default_out, load_embeddings
 from featkit.explore.neighbors import pairs_above
 
 
@@ -38,7 +38,8 @@ class DuplicateReport:
     key: str
     n_images: int
     threshold: float
-    pairs: pd.DataFrame  # id_a, id_b, path_a, path_b, similarity, split/group of each, leak, leak_reason
+    pairs: pd.DataFrame  # id_a, id_b, path_a, path_b, similarity, split/group of each, leak, leak_reason,
+    #                      label_conflict (tasks whose labels differ between the two)
     truncated: bool = False
     csv: Path | None = None
 
@@ -57,7 +58,8 @@ class DuplicateReport:
 
     def to_dict(self) -> dict:
         return {"key": self.key, "images": self.n_images, "threshold": self.threshold, "pairs_found": len(self.pairs),
-                "leaks": int(self.pairs["leak"].sum()), "truncated": self.truncated,
+                "leaks": int(self.pairs["leak"].sum()),
+                "label_conflicts": int((self.pairs["label_conflict"] != "").sum()), "truncated": self.truncated,
                 "csv": str(self.csv) if self.csv else None,
                 "pairs": self.pairs.to_dict(orient="records")}
 
@@ -74,6 +76,14 @@ def leak_reasons(i: np.ndarray, j: np.ndarray, *, split: np.ndarray | None,
             why.append("group")
         reasons.append("+".join(why))
     return reasons
+
+
+def label_conflicts(i: np.ndarray, j: np.ndarray, labels: dict[str, np.ndarray]) -> list[str]:
+    """Per pair, the tasks whose (known) labels differ: the same picture labelled two ways."""
+    out = []
+    for a, b in zip(i, j):
+        out.append(",".join(t for t, y in labels.items() if y[a] is not None and y[b] is not None and y[a] != y[b]))
+    return out
 
 
 def find_duplicates(config: Config, *, key: str, settings: DuplicateSettings = DuplicateSettings(),
@@ -96,6 +106,7 @@ def find_duplicates(config: Config, *, key: str, settings: DuplicateSettings = D
         frame["group_a"], frame["group_b"] = groups[i], groups[j]
     frame["leak"] = np.array([bool(r) for r in reasons], dtype=bool)
     frame["leak_reason"] = reasons
+    frame["label_conflict"] = label_conflicts(i, j, {t: emb.labels(t) for t in collection.tasks})
     out = Path(out) if out else default_out(config, key)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "duplicates.csv"

@@ -139,7 +139,9 @@ def page_data(*, coords: np.ndarray, ids: Sequence[str], labels: dict[str, np.nd
 
 
 def render_page(data: dict) -> str:
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")  # never closes the script tag
+    # "<", ">" and "&" only occur inside JSON strings: as \u escapes they can never end or nest the script tag
+    payload = (json.dumps(data, separators=(",", ":"))
+               .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
     return _PAGE.replace("__TITLE__", html.escape(data["title"])).replace("__DATA__", payload)
 
 

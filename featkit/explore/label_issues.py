@@ -26,7 +26,7 @@ import pandas as pd
 from featkit.config import Config
 from featkit.data.manifest import Collection, load_collection
 from featkit.errors import FeatkitError, choices_message
-from featkit.explore._data import default_out, load_embeddings, task_view
+from featkit.explore.embeddings import default_out, load_embeddings, task_view
 
 RANK_BY = ("self_confidence", "margin")
 

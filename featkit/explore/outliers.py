@@ -22,7 +22,7 @@ from sklearn.neighbors import LocalOutlierFactor
 from featkit.config import Config
 from featkit.data.manifest import Collection, load_collection
 from featkit.errors import FeatkitError, choices_message
-from featkit.explore._data import default_out, group_codes, load_embeddings, task_view
+from featkit.explore.embeddings import default_out, group_codes, load_embeddings, task_view
 from featkit.explore.neighbors import cosine_knn
 from featkit.explore.plots import gallery_png
 

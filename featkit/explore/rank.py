@@ -32,7 +32,7 @@ import numpy as np
 from featkit.config import Config
 from featkit.data.manifest import Collection, load_collection
 from featkit.errors import FeatkitError
-from featkit.explore._data import iter_task_views, load_embeddings, names_tasks, resolve_tasks
+from featkit.explore.embeddings import iter_task_views, load_embeddings, names_tasks, resolve_tasks
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -95,7 +95,7 @@ def logme(X: np.ndarray, y) -> float:
         raise FeatkitError(f"features {F.shape} and labels ({len(y)},) do not line up")
     classes = np.unique(y)
     if len(classes) < 2:
-        raise FeatkitError(f"LogME needs at least two classes, got {list(classes)}")
+        raise FeatkitError(f"LogME needs at least two classes, got {[str(c) for c in classes]}")
     n, D = F.shape
     Y = (y[:, None] == classes[None, :]).astype(np.float64)
     sigma, Q, zeros = _spectrum(F, Y)

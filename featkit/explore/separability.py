@@ -23,7 +23,7 @@ from sklearn.metrics import balanced_accuracy_score, silhouette_samples
 from featkit.config import Config
 from featkit.data.manifest import Collection, load_collection
 from featkit.errors import FeatkitError
-from featkit.explore._data import group_codes, iter_task_views, load_embeddings, names_tasks, resolve_tasks
+from featkit.explore.embeddings import group_codes, iter_task_views, load_embeddings, names_tasks, resolve_tasks
 from featkit.explore.neighbors import cosine_knn, l2_normalize
 
 
@@ -96,7 +96,7 @@ def embedding_separability(X: np.ndarray, y: np.ndarray, *, groups: np.ndarray |
     y = np.asarray(y).astype(str)
     classes = np.unique(y)
     if len(classes) < 2:
-        raise FeatkitError(f"separability needs at least two classes, got {len(classes)}: {list(classes)}")
+        raise FeatkitError(f"separability needs at least two classes, got {len(classes)}: {[str(c) for c in classes]}")
     keep = _subsample(y, settings.max_points, settings.seed)
     X, y = X[keep], y[keep]
     groups = None if groups is None else np.asarray(groups, dtype=object)[keep]

@@ -28,7 +28,7 @@ import numpy as np
 from featkit.config import Config
 from featkit.data.manifest import Collection, load_collection
 from featkit.errors import FeatkitError, choices_message
-from featkit.explore._data import default_out, load_embeddings, resolve_tasks, store_of
+from featkit.explore.embeddings import default_out, load_embeddings, resolve_tasks, store_of
 from featkit.explore.html import umap_html
 from featkit.explore.neighbors import cosine_knn
 from featkit.explore.plots import scatter_png

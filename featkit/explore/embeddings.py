@@ -135,11 +135,11 @@ def task_view(emb: Embeddings, task: str, *, min_per_class: int = 1) -> TaskView
     y = labels[index].astype(str)
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
-        only = f"only class {classes[0]!r}" if len(classes) else "no labelled image"
+        only = f"only class {str(classes[0])!r}" if len(classes) else "no labelled image"
         raise FeatkitError(f"task {task!r} has {only} among the {len(index)} embedded images of {emb.key}; "
                            "separating classes needs at least two — pick another --task")
     if min_per_class > 1 and counts.min() < min_per_class:
-        rare = ", ".join(f"{c!r} ({n})" for c, n in zip(classes, counts) if n < min_per_class)
+        rare = ", ".join(f"{str(c)!r} ({n})" for c, n in zip(classes, counts) if n < min_per_class)
         raise FeatkitError(f"task {task!r}: class(es) {rare} have fewer than {min_per_class} labelled images; "
                            f"this needs at least {min_per_class} per class")
     groups = emb.groups

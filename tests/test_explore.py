@@ -1,0 +1,301 @@
+"""Exploration end to end on the demo vessels, embedded with real MobileNetV2 weights.
+
+The fixture copies the demo store into a collection of its own (the images are
+linked, not copied) and changes it in ways the tools must notice: four objects get
+the wrong form (label noise), one photo is copied under another object id into the
+other half of the split with another glaze (a leak, labelled two ways), a task has a single class, and a second feature
+set from randomly initialised weights is extracted to compare against.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from featkit.config import Config
+from featkit.data import load_collection
+from featkit.errors import FeatkitError
+from featkit.explore.embeddings import resolve_key, resolve_keys
+from featkit.explore.duplicates import DuplicateSettings, find_duplicates
+from featkit.explore.label_issues import LabelIssueSettings, find_label_issues
+from featkit.explore.outliers import OutlierSettings, find_outliers
+from featkit.explore.rank import rank_backbones
+from featkit.explore.separability import separability
+from featkit.explore.umap import UmapSettings, draw_umap, umap_coordinates
+from featkit.extract import ExtractSettings
+from featkit.pipeline import extract_collection
+from featkit.store import FeatureStore
+
+REAL = "mobilenet_v2/imagenet1k_v1"
+RANDOM = "mobilenet_v2/random"
+FLIPS = {"vase": "plate", "bowl": "jar"}  # two objects of each get the wrong form
+
+
+@pytest.fixture(scope="module")
+def env(demo_store, tmp_path_factory):
+    demo, key = demo_store
+    assert key == REAL
+    root = tmp_path_factory.mktemp("explore")
+    (root / "images").symlink_to(demo.root / "images", target_is_directory=True)
+    frame = pd.read_csv(demo.manifest_path, dtype=str, keep_default_na=False)
+    objects = sorted(frame["object_id"].unique())
+    frame["split"] = ["val" if objects.index(o) % 4 == 3 else "train" for o in frame["object_id"]]
+    frame["museum"] = "British Museum"  # a task with one class
+    true_form = dict(zip(frame["image"], frame["form"]))
+    flipped = []
+    for old, new in FLIPS.items():
+        chosen = sorted(frame.loc[frame["form"] == old, "object_id"].unique())[:2]
+        rows = frame["object_id"].isin(chosen)
+        frame.loc[rows, "form"] = new
+        flipped += frame.loc[rows, "image"].tolist()
+    original = frame[(frame["split"] == "train") & ~frame["image"].isin(flipped)].iloc[0]
+    (root / "dup").mkdir()
+    shutil.copyfile(demo.root / original["image"], root / "dup" / "copy.jpg")
+    other_glaze = next(g for g in sorted(frame["glaze"].unique()) if g != original["glaze"])
+    copy = {**original.to_dict(), "image": "dup/copy.jpg", "object_id": "obj-9999", "split": "val",
+            "glaze": other_glaze}  # and labelled differently
+    frame = pd.concat([frame, pd.DataFrame([copy])], ignore_index=True)
+    frame.to_csv(root / "labels.csv", index=False)
+    (root / "features").mkdir()
+    shutil.copyfile(demo.store_path, root / "features" / "vessels.h5")
+    config = Config(root=root, name="vessels", manifest=Path("labels.csv"), image_column="image",
+                    tasks=("form", "glaze", "decoration", "period", "museum"), group="object_id", split="split")
+    config.write()
+    collection = load_collection(config)
+    settings = ExtractSettings(progress=False, workers=0)
+    assert extract_collection(config, collection, "mobilenet_v2", settings=settings).computed == 1  # the copy
+    extract_collection(config, collection, "mobilenet_v2", weights="random", settings=settings)
+    return SimpleNamespace(config=config, collection=collection, flipped=flipped, true_form=true_form,
+                           duplicate=(original["image"], "dup/copy.jpg"))
+
+
+# -- UMAP ---------------------------------------------------------------------------------
+def test_umap_is_cached_in_the_store_and_drawn_per_task(env, monkeypatch):
+    settings = UmapSettings(n_neighbors=10, max_thumbnails=20)
+    report = draw_umap(env.config, key=REAL, tasks=("form", "glaze"), settings=settings, collection=env.collection)
+    r = report.result
+    assert r.coords.shape == (81, 2) and np.isfinite(r.coords).all() and not r.cached
+    assert set(r.ids) == set(env.collection.ids)
+    assert r.aux_name in next(g for g in FeatureStore(env.config.store_path).info()["groups"]
+                              if g["key"] == REAL)["aux"]
+    for task in ("form", "glaze"):
+        with Image.open(report.pngs[task]) as img:
+            assert img.format == "PNG"
+    html = report.html.read_text()
+    assert report.thumbnails == 20 and html.count("data:image/jpeg;base64,") == 20
+    assert "https://" not in html and "http://" not in html
+
+    import featkit.explore.umap as umap_module
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a cached UMAP must not be fitted again")
+
+    monkeypatch.setattr(umap_module, "compute_umap", no_fit)
+    again = umap_coordinates(env.config, key=REAL, settings=UmapSettings(n_neighbors=10, png=False),
+                             collection=env.collection)
+    assert again.cached and again.aux_name == r.aux_name
+    np.testing.assert_array_equal(again.coords, r.coords)
+    np.testing.assert_array_equal(again.ids, r.ids)
+    with pytest.raises(AssertionError, match="must not be fitted"):  # other parameters: another cache entry
+        umap_coordinates(env.config, key=REAL, settings=UmapSettings(n_neighbors=11), collection=env.collection)
+
+
+def test_umap_neighbourhoods_follow_the_form(env):
+    """The 2-D map keeps what the embedding separates: an image's nearest point mostly shares its form."""
+    result = umap_coordinates(env.config, key=REAL, settings=UmapSettings(n_neighbors=10),
+                              collection=env.collection)
+    forms = np.array([env.true_form.get(i, env.true_form.get("images/" + Path(i).name)) for i in result.ids])
+    known = np.array([f is not None for f in forms])
+    d = np.linalg.norm(result.coords[:, None] - result.coords[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    nearest = d.argmin(axis=1)
+    assert (forms[known] == forms[nearest][known]).mean() > 0.8
+
+
+def test_umap_bad_input(env):
+    with pytest.raises(FeatkitError, match="needs more than 100 embedded images, but there are only 81"):
+        umap_coordinates(env.config, key=REAL, settings=UmapSettings(n_neighbors=100), collection=env.collection)
+    with pytest.raises(FeatkitError, match=r"no features for resnet50/\*; it holds: mobilenet_v2/imagenet1k_v1, "
+                                           r"mobilenet_v2/random"):
+        resolve_key(env.config, backbone="resnet50")
+    with pytest.raises(FeatkitError, match="several feature sets"):
+        resolve_key(env.config)
+    assert resolve_keys(env.config) == [REAL, RANDOM]
+    with pytest.raises(FeatkitError, match="unknown task 'shape'; valid choices: form, glaze"):
+        draw_umap(env.config, key=REAL, tasks="shape", collection=env.collection)
+
+
+# -- separability -------------------------------------------------------------------------
+def test_separability_compares_backbones_side_by_side(env):
+    report = separability(env.config, keys=[REAL, RANDOM], collection=env.collection)
+    assert {(r["key"], r["task"]) for r in report.rows} == {(k, t) for k in (REAL, RANDOM)
+                                                          for t in ("form", "glaze", "decoration", "period")}
+    assert [s["task"] for s in report.skipped] == ["museum", "museum"]
+    assert "only class 'British Museum'" in report.skipped[0]["reason"]
+    table = report.table()
+    assert table["form"][REAL] > 0.75 and table["form"][REAL] > table["form"][RANDOM] + 0.2  # 8 of 81 forms are wrong
+    assert report.table("silhouette")["form"][REAL] > report.table("silhouette")["form"][RANDOM]
+    assert all(r["group_aware"] for r in report.rows)
+    per_class = [r for r in report.per_class if r["key"] == REAL and r["task"] == "form"]
+    assert sorted(r["class"] for r in per_class) == ["bowl", "jar", "plate", "vase"]
+    assert sum(r["n"] for r in per_class) == 81
+    with pytest.raises(FeatkitError, match="task 'museum' has only class 'British Museum'"):
+        separability(env.config, keys=[REAL], tasks="museum", collection=env.collection)
+
+
+# -- outliers -----------------------------------------------------------------------------
+def test_mislabelled_objects_are_the_outliers_of_their_new_class(env, tmp_path):
+    report = find_outliers(env.config, key=REAL, task="form", settings=OutlierSettings(top=12), out=tmp_path,
+                           collection=env.collection)
+    scores = report.scores
+    for new in FLIPS.values():  # the demo's plates include a few genuinely odd ones, so ranks not all first
+        in_class = scores[scores["class"] == new]
+        wrong = in_class["id"].isin(env.flipped).to_numpy()
+        assert wrong.sum() == 4 and in_class.loc[wrong, "rank_in_class"].max() <= 8
+        assert roc_auc_score(wrong, in_class["relative_score"]) > 0.8
+    top = pd.read_csv(report.csv)
+    assert len(top) == 12 and list(top["relative_score"]) == sorted(top["relative_score"], reverse=True)
+    assert {"id", "path", "class", "score", "relative_score", "rank_in_class", "group"} <= set(top.columns)
+    with Image.open(report.gallery) as img:
+        assert img.format == "PNG" and img.size[1] > 200
+
+
+# -- label issues -------------------------------------------------------------------------
+def test_label_issues_find_the_flipped_forms_and_suggest_the_true_one(env, tmp_path):
+    report = find_label_issues(env.config, key=REAL, task="form", settings=LabelIssueSettings(C=0.1), out=tmp_path,
+                               collection=env.collection)
+    frame = report.frame
+    found = frame[frame["id"].isin(env.flipped)]
+    assert len(found) >= 6  # of the 8 flipped images
+    assert (found["suggested"] == found["id"].map(env.true_form)).all()
+    assert len(frame) <= len(found) + 4  # few clean images flagged
+    assert list(frame["rank"]) == list(range(1, len(frame) + 1))
+    assert list(frame["self_confidence"]) == sorted(frame["self_confidence"])
+    assert "out_of_fold_proba" in report.result.proba_source
+    assert pd.read_csv(report.csv)["id"].tolist() == frame["id"].tolist()
+    data = report.to_dict()
+    assert data["estimated_noise_rate"] > 0.05 and len(data["confident_joint"]) == 4
+
+
+# -- duplicates and leaks -----------------------------------------------------------------
+def test_duplicates_flag_the_copied_photo_as_a_leak(env, tmp_path):
+    report = find_duplicates(env.config, key=REAL, out=tmp_path, collection=env.collection)
+    pairs = report.pairs
+    original, copy = env.duplicate
+    hit = pairs[(pairs["id_a"] == original) & (pairs["id_b"] == copy) | (pairs["id_a"] == copy) & (pairs["id_b"] == original)]
+    assert len(hit) == 1 and hit["similarity"].iloc[0] > 0.999
+    assert hit["leak_reason"].iloc[0] == "split+group" and hit["label_conflict"].iloc[0] == "glaze"
+    assert (pairs.drop(hit.index)["label_conflict"] == "").all()  # two views of one object agree
+    same = pairs[~pairs["leak"]]
+    assert (same["group_a"] == same["group_b"]).all() and (same["split_a"] == same["split_b"]).all()
+    assert copy in report.leaked_ids("val") and original in report.leaked_ids("train")
+    strict = find_duplicates(env.config, key=REAL, settings=DuplicateSettings(threshold=0.999), out=tmp_path,
+                             collection=env.collection)
+    assert len(strict.pairs) == 1
+    with pytest.raises(FeatkitError, match="threshold is a cosine similarity"):
+        DuplicateSettings(threshold=1.5).validate()
+
+
+# -- ranking ------------------------------------------------------------------------------
+def test_rank_puts_logme_beside_the_probe(env):
+    from featkit.heads.run import FitSettings, fit_tasks
+
+    settings = FitSettings(params={"C": (0.1,)}, save_model=False, plot=False, split="group")
+    for variant in ("imagenet1k_v1", "random"):
+        fit_tasks(env.config, tasks=["form", "decoration"], clf="logreg", backbone="mobilenet_v2", variant=variant,
+                  settings=settings)
+    report = rank_backbones(env.config, keys=[REAL, RANDOM], collection=env.collection)
+    rows = {(r["key"], r["task"]): r for r in report.rows}
+    assert rows[(REAL, "form")]["logme"] > rows[(RANDOM, "form")]["logme"]
+    assert rows[(REAL, "form")]["rank_logme"] == 1
+    for task in ("form", "decoration"):
+        for key in (REAL, RANDOM):
+            assert 0 <= rows[(key, task)]["probe_balanced_accuracy"] <= 1 and rows[(key, task)]["head"] == "logreg"
+    assert rows[(REAL, "glaze")]["probe_balanced_accuracy"] is None  # no run for glaze
+    agreement = {a["task"]: a for a in report.agreement}
+    assert agreement["form"]["n"] == 2 and agreement["form"]["spearman"] == 1.0  # real beats random both ways
+    assert agreement["glaze"]["spearman"] is None
+    assert [s["task"] for s in report.skipped] == ["museum", "museum"]
+
+
+# -- the CLI ------------------------------------------------------------------------------
+def cli(env, *args):
+    from featkit_cli.main import app
+
+    return CliRunner().invoke(app, [*args, "--config", str(env.config.root)])
+
+
+def test_cli_commands_print_json(env):
+    out = cli(env, "duplicates", "--variant", "imagenet1k_v1", "--json")
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    pair = next(p for p in data["pairs"] if p["leak"])
+    assert {"path_a", "path_b", "similarity", "leak", "leak_reason"} <= set(pair)
+    assert Path(pair["path_a"]).is_file() and Path(pair["path_b"]).is_file()
+
+    out = cli(env, "separability", "--task", "form,glaze", "--json")
+    assert out.exit_code == 0, out.output
+    assert {(r["key"], r["task"]) for r in json.loads(out.stdout)["rows"]} == {
+        (k, t) for k in (REAL, RANDOM) for t in ("form", "glaze")}
+
+    out = cli(env, "umap", "--variant", "imagenet1k_v1", "--task", "form", "-k", "10", "--thumbnails", "5", "--json")
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["cached"] and data["n"] == 81 and Path(data["html"]).is_file()  # fitted by the library test above
+
+    out = cli(env, "outliers", "--variant", "imagenet1k_v1", "--task", "glaze", "--top", "5", "--no-gallery", "--json")
+    assert out.exit_code == 0, out.output
+    assert len(json.loads(out.stdout)["outliers"]) == 5
+
+    out = cli(env, "label-issues", "--variant", "imagenet1k_v1", "--task", "form", "--C", "0.1", "--json")
+    assert out.exit_code == 0, out.output
+    issues = json.loads(out.stdout)["label_issues"]
+    assert {"given", "suggested", "self_confidence", "id", "path"} <= set(issues[0])
+
+    out = cli(env, "rank", "--task", "form", "--json")
+    assert out.exit_code == 0, out.output
+    assert [r["key"] for r in json.loads(out.stdout)["rows"]][0] == REAL
+
+    out = cli(env, "separability", "--task", "form")
+    assert out.exit_code == 0 and "silhouette" in out.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["umap", "--backbone", "resnet50"], "has no features for resnet50"),
+    (["umap", "--variant", "imagenet1k_v1", "--neighbors", "200"], "pass --neighbors 80 or fewer"),
+    (["separability", "--task", "museum"], "has only class 'British Museum'"),
+    (["outliers", "--variant", "random"], "this needs one task; pass --task with one of: form"),
+    (["outliers", "--variant", "random", "--task", "form", "--method", "iforest"], "valid choices: knn, lof"),
+    (["rank", "--task", "shape"], "unknown task 'shape'"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(env, args, message):
+    out = cli(env, *args)
+    assert out.exit_code == 2 and message in out.output and "Traceback" not in out.output
+
+
+def test_cli_without_matplotlib_names_the_extra(env, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    out = cli(env, "outliers", "--variant", "imagenet1k_v1", "--task", "form")
+    assert out.exit_code == 2 and "featkit[plot]" in out.output and "Traceback" not in out.output
+
+
+def test_demo_step_draws_umap_and_prints_separability(env):
+    from featkit.explore.demo import demo_step
+
+    config = env.config.replace(tasks=("form", "glaze"))
+    result = demo_step(config, load_collection(config), REAL, {"progress": False})
+    assert Path(result["umap"]["html"]).is_file() and set(result["umap"]["png"]) == {"form", "glaze"}
+    assert [line.split()[1] for line in result["lines"][1:]] == ["form", "glaze"]
+    assert "k-NN balanced accuracy" in result["lines"][1]

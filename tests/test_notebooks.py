@@ -1,0 +1,78 @@
+"""The notebooks run top to bottom on the demo data (executed with nbclient), so they never rot.
+
+The real-collection notebook reads its collection from ``FEATKIT_COLLECTION``; here
+that is a copy of the embedded demo collection, so CI needs no real data.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+PAGES = sorted(NOTEBOOKS.glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def collection_dir(demo_store, tmp_path_factory):
+    """The demo collection with a store of its own (the notebooks write UMAP caches and figures)."""
+    from featkit.config import Config
+
+    demo, _ = demo_store
+    root = tmp_path_factory.mktemp("notebook-collection")
+    (root / "features").mkdir()
+    shutil.copyfile(demo.store_path, root / "features" / "vessels.h5")
+    Config(root=root, name="vessels", manifest=demo.manifest_path, image_column="image", tasks=demo.tasks,
+           group=demo.group).write()
+    return root
+
+
+def run(path: Path, cwd: Path) -> nbformat.NotebookNode:
+    book = nbformat.read(path, as_version=4)
+    NotebookClient(book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    return book
+
+
+def outputs(book, kind: str) -> list:
+    return [o for cell in book.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+            if o.get("output_type") == kind or kind in o.get("data", {})]
+
+
+def test_there_are_two_notebooks_without_library_code():
+    assert [p.name for p in PAGES] == ["01_demo_clusters.ipynb", "02_real_collection.ipynb"]
+    for path in PAGES:
+        book = nbformat.read(path, as_version=4)
+        for cell in book.cells:
+            if cell.cell_type != "code":
+                continue
+            assert not cell.get("outputs"), f"{path.name} is committed with outputs"
+            tree = ast.parse(cell.source)
+            defined = [n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+            assert not defined, f"{path.name} defines {defined}: library code belongs in featkit"
+        assert any("import" in c.source and "featkit" in c.source for c in book.cells)
+
+
+@pytest.mark.slow
+def test_demo_clusters_notebook_runs(collection_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATKIT_DEMO_DIR", str(collection_dir))
+    book = run(NOTEBOOKS / "01_demo_clusters.ipynb", tmp_path)
+    assert not outputs(book, "error")
+    assert len(outputs(book, "image/png")) >= 5  # a UMAP per task and the outlier gallery
+    assert (collection_dir / "explore" / "mobilenet_v2__imagenet1k_v1" / "umap.html").is_file()
+    text = "".join(o.get("text", "") for o in outputs(book, "stream"))
+    assert "80 images, tasks form, glaze, decoration, period" in text
+
+
+@pytest.mark.slow
+def test_real_collection_notebook_runs_on_demo_data(collection_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATKIT_COLLECTION", str(collection_dir))
+    book = run(NOTEBOOKS / "02_real_collection.ipynb", tmp_path)
+    assert not outputs(book, "error")
+    text = "".join(o.get("text", "") for o in outputs(book, "stream"))
+    assert "vessels: 80 images" in text and "near-duplicate pairs" in text and "likely issues" in text
+    assert len(outputs(book, "image/png")) >= 2
