@@ -13,8 +13,10 @@ from featkit.data import load_collection
 from featkit.finetune import compare_single_multi
 from featkit.finetune import finetune as run_finetune
 from featkit.finetune.runs import settings_from_flags
-from featkit.finetune.settings import (AUGMENTATIONS, CLASS_WEIGHTS, DEFAULT_AUGMENTATIONS, OPTIMIZERS, SCHEDULES,
-                                       TASK_WEIGHTINGS)
+from featkit.finetune.settings import (AUGMENTATIONS, CLASS_WEIGHTS, OPTIMIZERS, SCHEDULES, TASK_WEIGHTINGS,
+                                       FinetuneSettings)
+
+D = FinetuneSettings()  # the defaults live in the settings dataclass; help only quotes them
 
 
 def _opt(help_text: str, *names: str, **kw):
@@ -24,32 +26,32 @@ def _opt(help_text: str, *names: str, **kw):
 @friendly
 def finetune(
     tasks: str = _opt("Comma-separated tasks (default: all in featkit.toml)."),
-    backbone: str = _opt(f"One of: {', '.join(list_backbones())} (default mobilenet_v2).", "--backbone", "-b"),
+    backbone: str = _opt(f"One of: {', '.join(list_backbones())} (default {D.backbone}).", "--backbone", "-b"),
     weights: str = _opt("Starting weights tag of the backbone (default: its ImageNet weights)."),
     run: str = _opt("Run name (default: the tasks joined by '+'); its trunk becomes variant finetuned-<run>."),
-    epochs: int = _opt("Most epochs (default 30).", min=1),
-    batch_size: int = _opt("Images per batch (default 32).", "--batch-size", min=1),
-    lr: float = _opt("Learning rate of the heads (default 1e-3); the trunk gets lr x --trunk-lr-scale."),
-    trunk_lr_scale: float = _opt("Trunk learning rate relative to the heads' (default 0.1)."),
-    optimizer: str = _opt(f"{' or '.join(OPTIMIZERS)} (default adamw)."),
-    weight_decay: float = _opt("Weight decay (default 1e-4; none on biases and norms)."),
-    schedule: str = _opt(f"{', '.join(SCHEDULES)} (default cosine), after --warmup-epochs."),
-    warmup_epochs: int = _opt("Linear warm-up epochs (default 1).", min=0),
+    epochs: int = _opt(f"Most epochs (default {D.epochs}).", min=1),
+    batch_size: int = _opt(f"Images per batch (default {D.batch_size}).", "--batch-size", min=1),
+    lr: float = _opt(f"Learning rate of the heads (default {D.lr:g}); the trunk gets lr x --trunk-lr-scale."),
+    trunk_lr_scale: float = _opt(f"Trunk learning rate relative to the heads' (default {D.trunk_lr_scale:g})."),
+    optimizer: str = _opt(f"{' or '.join(OPTIMIZERS)} (default {D.optimizer})."),
+    weight_decay: float = _opt(f"Weight decay (default {D.weight_decay:g}; none on biases and norms)."),
+    schedule: str = _opt(f"{', '.join(SCHEDULES)} (default {D.schedule}), after --warmup-epochs."),
+    warmup_epochs: int = _opt(f"Linear warm-up epochs (default {D.warmup_epochs}).", min=0),
     train_blocks: int = _opt("Train only the last K trunk blocks; 0 = heads only (default: all).", min=0),
     unfreeze_every: int = _opt("Gradual unfreezing: one more block every N epochs (default 0: off).", min=0),
-    dropout: float = _opt("Dropout before each head (default 0.2)."),
-    class_weights: str = _opt(f"Class weights in each loss: {', '.join(CLASS_WEIGHTS)} (default none)."),
-    task_weighting: str = _opt(f"{' or '.join(TASK_WEIGHTINGS)} (learned, Kendall et al. 2018; default fixed)."),
+    dropout: float = _opt(f"Dropout before each head (default {D.dropout:g})."),
+    class_weights: str = _opt(f"Class weights in each loss: {', '.join(CLASS_WEIGHTS)} (default {D.class_weights})."),
+    task_weighting: str = _opt(f"{' or '.join(TASK_WEIGHTINGS)} (learned, Kendall et al. 2018; default {D.task_weighting})."),
     task_weights: str = _opt("Per-task loss weights, e.g. glaze=2,ware=0.5."),
-    label_smoothing: float = _opt("Label smoothing (default 0)."),
+    label_smoothing: float = _opt(f"Label smoothing (default {D.label_smoothing:g})."),
     cascade: list[str] = _opt("parent:child — the parent's probabilities feed the child head (repeatable)."),
-    augment: str = _opt(f"Comma list of {', '.join(AUGMENTATIONS)}, or none (default {','.join(DEFAULT_AUGMENTATIONS)})."),
+    augment: str = _opt(f"Comma list of {', '.join(AUGMENTATIONS)}, or none (default {','.join(D.augment.names)})."),
     image_size: int = _opt("Crop size in pixels (default: the backbone's).", min=32),
-    patience: int = _opt("Stop after N epochs without a better validation mean balanced accuracy (default 5; 0 off).",
+    patience: int = _opt(f"Stop after N epochs without a better validation mean balanced accuracy (default {D.patience}; 0 off).",
                          min=0),
-    val_fraction: float = _opt("Validation share when the collection has no val split (default 0.15)."),
-    test_fraction: float = _opt("Held-out share when the collection has no test split (default 0.2)."),
-    seed: int = _opt("Seed of the split, the heads and the shuffling (default 0)."),
+    val_fraction: float = _opt(f"Validation share when the collection has no val split (default {D.val_fraction:g})."),
+    test_fraction: float = _opt(f"Held-out share when the collection has no test split (default {D.test_fraction:g})."),
+    seed: int = _opt(f"Seed of the split, the heads and the shuffling (default {D.seed})."),
     device: str = _opt("auto, cpu or cuda[:N]."),
     precision: str = _opt("auto (bf16/fp16 where fast), fp32, bf16 or fp16."),
     workers: int = _opt("DataLoader workers (default: auto).", min=0),

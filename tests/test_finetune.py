@@ -287,7 +287,7 @@ def test_gpu_out_of_memory_says_to_lower_the_batch_size(demo_config, tmp_path, m
         finetune(config, load_collection(config), settings=QUICK)
 
 
-def test_cli_finetune_json_and_errors(demo_config, tmp_path):
+def test_cli_compare_single_and_multi_task_on_one_split(demo_config, tmp_path):
     from typer.testing import CliRunner
 
     from featkit_cli.main import app
@@ -295,13 +295,41 @@ def test_cli_finetune_json_and_errors(demo_config, tmp_path):
     config = _copy_config(demo_config, tmp_path)
     config.write()
     base = ["finetune", "--config", str(tmp_path), "--image-size", "64", "--batch-size", "16", "--train-blocks", "1",
-            "--precision", "fp32", "--workers", "0"]
-    out = CliRunner().invoke(app, [*base, "--tasks", "glaze", "--epochs", "1", "--steps-per-epoch", "1",
-                                   "--augment", "none", "--json"])
+            "--precision", "fp32", "--workers", "0", "--epochs", "1", "--steps-per-epoch", "1"]
+    out = CliRunner().invoke(app, [*base, "--tasks", "glaze,form", "--cascade", "glaze:form", "--augment", "none",
+                                   "--compare", "--json"])
     assert out.exit_code == 0, out.output
-    report = json.loads(out.stdout)
-    assert report["run"] == "glaze" and report["tasks"][0]["task"] == "glaze"
-    assert FinetuneSettings.load(run_paths(config, "glaze").settings).augment.names == ()
+    result = json.loads(out.stdout)
+    assert result["runs"] == {"multi": "glaze+form", "glaze": "glaze+form.single-glaze",
+                              "form": "glaze+form.single-form"}
+    multi = json.loads(run_paths(config, "glaze+form").report.read_text())
+    assert FinetuneSettings.load(run_paths(config, "glaze+form").settings).cascade == (("glaze", "form"),)
+    test_ids = {json.dumps(json.loads(run_paths(config, r).split.read_text())["test"]) for r in result["runs"].values()}
+    assert len(test_ids) == 1  # one split for all three runs
+    for row in result["tasks"]:
+        single = json.loads(run_paths(config, result["runs"][row["task"]]).report.read_text())
+        assert [t["task"] for t in single["tasks"]] == [row["task"]]
+        assert row["single_balanced_accuracy"] == single["tasks"][0]["metrics"]["balanced_accuracy"]
+        assert row["multi_balanced_accuracy"] == next(
+            t["metrics"]["balanced_accuracy"] for t in multi["tasks"] if t["task"] == row["task"])
+    assert FinetuneSettings.load(run_paths(config, "glaze+form.single-form").settings).augment.names == ()
+
     out = CliRunner().invoke(app, [*base, "--tasks", "glaze,decoration", "--cascade", "period:glaze"])
     assert out.exit_code == 2 and "'period', which is not among the tasks" in out.output
     assert "Traceback" not in out.output
+    out = CliRunner().invoke(app, [*base, "--tasks", "glaze,form", "--resume", "--lr", "0.5"])
+    assert out.exit_code == 2 and "lr: 0.001 -> 0.5" in out.output
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_finetune_on_gpu_with_mixed_precision(demo_config, tmp_path, precision):
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    config = _copy_config(demo_config, tmp_path)
+    settings = QUICK.replace(device="cuda", precision=precision, train_blocks=None, epochs=2, workers=2)
+    result = finetune(config, load_collection(config), settings=settings)
+    history = json.loads(run_paths(config, result.run).history.read_text())
+    assert result.report["precision"] == precision and result.report["device"].startswith("cuda")
+    assert all(np.isfinite(h["train_loss"][t]) for h in history for t in settings.tasks)

@@ -129,6 +129,8 @@ class ImageSource:
             cache.extend(batch)
             if progress:
                 progress.update(task, advance=len(batch))
+        if progress:
+            progress.remove_task(task)
         self._cache = cache
 
     def subset(self, rows: np.ndarray):

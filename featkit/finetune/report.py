@@ -33,6 +33,7 @@ def task_report(task: str, y_true: np.ndarray, y_pred: np.ndarray, classes: tupl
 def plot_curves(history: list[dict], path: Path, *, best_epoch: int | None = None, title: str = "") -> Path:
     """Training/validation loss per task and validation balanced accuracy per epoch, as a PNG."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
     tasks = list(history[0]["val_balanced_accuracy"]) if history else []
@@ -50,6 +51,7 @@ def plot_curves(history: list[dict], path: Path, *, best_epoch: int | None = Non
                 label="mean")
     for ax in (loss_ax, acc_ax):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", ls=":", label=f"best (epoch {best_epoch})" if ax is acc_ax else None)

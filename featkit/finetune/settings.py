@@ -16,7 +16,6 @@ SCHEDULES = ("cosine", "step", "constant")
 CLASS_WEIGHTS = ("none", "balanced", "effective")  # effective: Cui et al. 2019, effective number of samples
 TASK_WEIGHTINGS = ("fixed", "uncertainty")  # uncertainty: Kendall, Gal & Cipolla 2018
 AUGMENTATIONS = ("hflip", "rotation", "jitter", "crop", "erasing")
-DEFAULT_AUGMENTATIONS = ("hflip", "crop", "jitter")
 
 # Fields a resumed run may change: how and where it runs, and how long. Everything else
 # (tasks, backbone, optimiser, schedule shape, losses, augmentations) must match.

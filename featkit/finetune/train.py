@@ -109,8 +109,8 @@ class Trainer:
         if s.train_blocks is not None and s.train_blocks > len(self.blocks):
             raise FeatkitError(f"--train-blocks {s.train_blocks} is more than {s.backbone}'s {len(self.blocks)} "
                                f"blocks; valid: 0 (heads only) to {len(self.blocks)}, or leave it unset for all")
-        torch.manual_seed(s.seed)
-        self.net = MultiTaskNet(backbone, self.classes, dropout=s.dropout, cascade=s.cascade).to(self.device)
+        with seeded(s.seed):  # the heads' initial weights, without touching the caller's generator
+            self.net = MultiTaskNet(backbone, self.classes, dropout=s.dropout, cascade=s.cascade).to(self.device)
         train_targets = self.targets[self.split.train]
         self.criterion = MultiTaskLoss(
             s.tasks, task_weights=dict(s.task_weights), uncertainty=s.task_weighting == "uncertainty",
@@ -136,6 +136,7 @@ class Trainer:
         self.best_epoch: int | None = None
         self.bad_epochs = 0
         self.epoch = 0  # epochs completed
+        self.trainable_blocks = 0
         self.failures: dict[str, str] = {}
         self.started = time.perf_counter()
 
