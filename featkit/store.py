@@ -204,18 +204,17 @@ class FeatureStore:
             "pick one with --backbone and --variant"
         )
 
-    def load(self, key: str, ids=None, *, dtype=np.float32, chunk_rows: int = 8192) -> FeatureSet:
-        """Done rows of ``key`` (optionally only ``ids``, in store order), read in chunks."""
+    def load(self, key: str, ids=None, *, dtype=None, chunk_rows: int = 8192) -> FeatureSet:
+        """Done rows of ``key`` (optionally only ``ids``, in store order), read in chunks.
+
+        ``X`` keeps the stored dtype (float16 stores load at half the memory) unless
+        ``dtype`` asks for another; :meth:`memory_needed` says how many bytes that is.
+        """
         with self._open_read() as f:
             group = self._group(f, key)
-            all_ids = group["ids"].asstr()[:]
-            done = group["done"][:]
-            rows = np.flatnonzero(done)
-            if ids is not None:
-                wanted = set(ids)
-                rows = rows[np.fromiter((all_ids[r] in wanted for r in rows), bool, count=len(rows))]
+            all_ids, rows = _done_rows(group, ids)
             feats = group["features"]
-            X = np.empty((len(rows), feats.shape[1]), dtype=dtype)
+            X = np.empty((len(rows), feats.shape[1]), dtype=dtype or feats.dtype)
             for start in range(0, len(rows), chunk_rows):
                 sel = rows[start : start + chunk_rows]
                 if len(sel) and sel[-1] - sel[0] + 1 == len(sel):
@@ -223,6 +222,14 @@ class FeatureStore:
                 elif len(sel):
                     X[start : start + len(sel)] = feats[sel]
             return FeatureSet(key=key, ids=all_ids[rows], X=X, meta=_group_meta(group))
+
+    def memory_needed(self, key: str, ids=None, *, dtype=None) -> int:
+        """Bytes of the ``X`` that :meth:`load` would return (stored dtype unless ``dtype``)."""
+        with self._open_read() as f:
+            group = self._group(f, key)
+            _, rows = _done_rows(group, ids)
+            feats = group["features"]
+            return len(rows) * feats.shape[1] * np.dtype(dtype or feats.dtype).itemsize
 
     def status(self, key: str) -> dict:
         """Ids, done flags and failures of one group (no features read)."""
@@ -324,6 +331,16 @@ def _group_meta(group: h5py.Group) -> dict:
     if isinstance(meta.get("preprocess"), str):
         meta["preprocess"] = json.loads(meta["preprocess"])
     return meta
+
+
+def _done_rows(group: h5py.Group, ids=None) -> tuple[np.ndarray, np.ndarray]:
+    """All ids of ``group`` and the positions of its done rows (only ``ids``, if given)."""
+    all_ids = group["ids"].asstr()[:]
+    rows = np.flatnonzero(group["done"][:])
+    if ids is not None:
+        wanted = set(ids)
+        rows = rows[np.fromiter((all_ids[r] in wanted for r in rows), bool, count=len(rows))]
+    return all_ids, rows
 
 
 def _read_failures(group: h5py.Group) -> dict[str, str]:

@@ -123,9 +123,10 @@ def test_float16_storage(tmp_path):
         w.write_rows(KEY, IDS, _feats(IDS))
     with h5py.File(store.path, "r") as f:
         assert f[KEY]["features"].dtype == np.float16
-    fs = store.load(KEY)
-    assert fs.X.dtype == np.float32
+    fs = store.load(KEY)  # the stored dtype: half the memory (issue 6)
+    assert fs.X.dtype == np.float16 and store.memory_needed(KEY) == fs.X.nbytes
     np.testing.assert_allclose(fs.X, _feats(IDS), rtol=1e-3)
+    assert store.load(KEY, dtype=np.float32).X.dtype == np.float32
     # a later float32 writer keeps the stored dtype, and the attributes say so
     with store.writer() as w:
         w.ensure_group(_meta(dtype="float32"), IDS)
