@@ -9,8 +9,9 @@ import typer
 from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json
 from featkit.backbones import list_backbones
 from featkit.data import load_collection
-from featkit.extract import ExtractSettings
+from featkit.extract import ENGINES, ExtractSettings
 from featkit.pipeline import extract_collection
+from featkit.tta import list_tta
 
 
 @friendly
@@ -30,6 +31,13 @@ def extract(
     float16: bool = typer.Option(False, "--float16", help="Store features as float16 (half the disk)."),
     store: Path = typer.Option(None, help="Override the store path from featkit.toml."),
     manifest: Path = typer.Option(None, help="Override the manifest from featkit.toml."),
+    engine: str = typer.Option("local", help=f"One of: {', '.join(ENGINES)} (ray: pip install 'featkit[ray]')."),
+    address: str = typer.Option(None, help="Ray cluster address for --engine ray (default: start a local Ray)."),
+    tta: str = typer.Option("none", help=f"Test-time augmentation: {', '.join(list_tta())}; the averaged rows "
+                                         "are stored as variant <weights>+tta-<mode>."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the backbone (pays off on long runs)."),
+    gpu_decode: bool = typer.Option(None, "--gpu-decode/--no-gpu-decode",
+                                    help="Decode JPEGs on the GPU with nvjpeg (default: on when extracting on CUDA)."),
     config_dir: Path = ConfigOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -38,7 +46,8 @@ def extract(
     collection = load_collection(config)
     settings = ExtractSettings(batch_size=batch_size, workers=workers, device=device,
                                precision="fp32" if fp32 else precision, limit=limit, retry_failed=retry_failed,
-                               storage_dtype="float16" if float16 else "float32", progress=not json_out)
+                               storage_dtype="float16" if float16 else "float32", progress=not json_out,
+                               engine=engine, address=address, tta=tta, compile=compile_model, gpu_decode=gpu_decode)
     summary = extract_collection(config, collection, backbone, weights=weights, variant=variant, settings=settings)
     if json_out:
         print_json(summary.to_dict())

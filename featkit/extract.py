@@ -10,6 +10,8 @@ rows that are not done; failures are recorded, never fatal.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,8 +27,11 @@ from featkit.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from featkit.data.manifest import Collection
 from featkit.errors import FeatkitError, choices_message
 from featkit.store import FeatureStore, GroupMeta
+from featkit.tta import TTA, create_tta
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENGINES = ("local", "ray")
+_M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -45,6 +50,11 @@ class ExtractSettings:
     storage_dtype: str = "float32"
     progress: bool = True
     checkpoint_seconds: float = 300.0
+    engine: str = "local"  # or "ray" (featkit.distributed)
+    address: str | None = None  # Ray cluster address (None: start a local one)
+    tta: str = "none"  # featkit.tta mode; rows go to variant "<weights>+tta-<mode>"
+    compile: bool = False  # torch.compile the backbone
+    gpu_decode: bool | None = None  # featkit.gpu nvjpeg path; None: on when extracting on CUDA
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -59,6 +69,11 @@ class ExtractSettings:
             raise FeatkitError(f"limit must be 0 or more, got {self.limit}")
         if self.storage_dtype not in ("float32", "float16"):
             raise FeatkitError(choices_message("storage dtype", self.storage_dtype, ("float32", "float16")))
+        if self.engine not in ENGINES:
+            raise FeatkitError(choices_message("engine", self.engine, ENGINES))
+        if self.address and self.engine != "ray":
+            raise FeatkitError(f"--address {self.address!r} is for the Ray engine; add --engine ray")
+        create_tta(self.tta)
 
 
 @dataclass
@@ -121,6 +136,29 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@functools.cache
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to tune
+        return None
+
+
+def steady_heap() -> None:
+    """Keep glibc from holding on to freed batch buffers (RSS stays flat with collection size).
+
+    glibc raises its mmap threshold each time a large mmapped block is freed; batches
+    arriving from DataLoader workers (or Ray) then come from the heap, whose freed
+    space is rarely given back: RSS crept up ~175 MiB over 20k images though nothing
+    was held (benchmarks/bench_memory.py). Pinning the threshold at glibc's default
+    128 KiB (``M_MMAP_THRESHOLD``) keeps every batch-sized buffer mmapped, returned to
+    the OS when freed. Process-wide and harmless; a no-op off glibc.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+
+
 def default_workers(device: torch.device) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if device.type == "cuda":
@@ -173,10 +211,14 @@ def prepare_model(backbone: Backbone, device: torch.device, channels_last: bool)
 
 
 def embed_batch(model: torch.nn.Module, batch: torch.Tensor, backbone: Backbone, *, device: torch.device,
-                precision: str, channels_last: bool) -> np.ndarray:
-    """uint8 images (B, 3, H, W) -> float32 embeddings (B, dim) as numpy."""
+                precision: str, channels_last: bool, tta: TTA | None = None) -> np.ndarray:
+    """uint8 images (B, 3, H, W) -> float32 embeddings (B, dim) as numpy (TTA views averaged)."""
     x = batch.to(device, non_blocking=True)
     x = backbone.preprocess.normalize(x)
+    if tta is not None and tta.n_views > 1:
+        with torch.inference_mode(), autocast(device, precision):
+            out = tta.embed(model, x, backbone.preprocess.crop_size, channels_last=channels_last)
+        return out.cpu().numpy()
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast(device, precision):
@@ -223,13 +265,21 @@ def extract(
 ) -> ExtractSummary:
     """Cache embeddings of every image of ``collection`` in ``store``; resume what is done."""
     settings.validate()
-    device = resolve_device(settings.device)
-    precision = resolve_precision(settings.precision, device)
+    run = _run
+    if settings.engine == "ray":  # the cluster's device, not the driver's
+        from featkit.distributed import ray_device, run_ray as run
+
+        device, precision = ray_device(settings)
+    else:
+        device = resolve_device(settings.device)
+        precision = resolve_precision(settings.precision, device)
     if isinstance(backbone, str):
         backbone = create_backbone(backbone, weights=weights)
-    variant = variant or backbone.variant
+    tta = create_tta(settings.tta)
+    variant = tta.variant(variant or backbone.variant)
     key = f"{backbone.name}/{variant}"
-    meta = group_meta(backbone, variant, settings, {"manifest_hash": collection.manifest_hash})
+    meta = group_meta(backbone, variant, settings, {"manifest_hash": collection.manifest_hash,
+                                                    **({"tta": tta.name} if tta.n_views > 1 else {})})
     start = time.perf_counter()
     with store.writer() as writer:
         writer.checkpoint_seconds = settings.checkpoint_seconds
@@ -237,7 +287,6 @@ def extract(
         status = store.status(key)
         done = dict(zip(status["ids"], status["done"]))
         old_failures = status["failures"]
-        wanted = set(collection.ids)
         already = sum(1 for i in collection.ids if done.get(i))
         pending = [
             i for i in collection.ids
@@ -246,11 +295,12 @@ def extract(
         skipped_failed = sum(1 for i in collection.ids if not done.get(i) and i in old_failures) if not settings.retry_failed else 0
         if settings.limit is not None:
             pending = pending[: settings.limit]
-        computed, failures = _run(collection, backbone, key, pending, writer, device, precision, settings)
+        del status, done  # per-id structures: not held while extracting (memory stays flat)
+        computed, failures = run(collection, backbone, key, pending, writer, device, precision, settings)
     seconds = time.perf_counter() - start
     final = store.status(key)
-    final_done = dict(zip(final["ids"], final["done"]))
-    remaining = sum(1 for i in wanted if not final_done.get(i) and i not in final["failures"])
+    final_done = set(final["ids"][final["done"]])
+    remaining = sum(1 for i in collection.ids if i not in final_done and i not in final["failures"])
     return ExtractSummary(
         key=key, store=str(store.path), total=len(collection), already_done=already, computed=computed,
         failed=len(failures), skipped_failed=skipped_failed, remaining=remaining, seconds=round(seconds, 3),
@@ -263,12 +313,22 @@ def _run(collection: Collection, backbone: Backbone, key: str, pending: list[str
          precision: str, settings: ExtractSettings) -> tuple[int, list[tuple[str, str]]]:
     if not pending:
         return 0, []
-    pre = backbone.preprocess
-    dataset = ImageDataset([str(collection.path(i)) for i in pending], pre.image_transform(), pre.crop_size,
+    pre, tta = backbone.preprocess, create_tta(settings.tta)
+    paths = [str(collection.path(i)) for i in pending]
+    dataset = ImageDataset(paths, tta.image_transform(pre), tta.input_size(pre),
                            draft_size=pre.resize_size, max_pixels=settings.max_pixels)
     workers = default_workers(device) if settings.workers is None else settings.workers
-    loader = make_loader(dataset, batch_size=settings.batch_size, workers=workers, device=device)
+    from featkit import gpu
+
+    if gpu.gpu_decode_wanted(settings.gpu_decode, device):  # JPEG bytes -> nvjpeg; the rest via dataset
+        loader = gpu.gpu_batches(paths, preprocess=pre, size=tta.input_size(pre), fallback=dataset,
+                                 batch_size=settings.batch_size, workers=workers, device=device)
+    else:
+        loader = make_loader(dataset, batch_size=settings.batch_size, workers=workers, device=device)
     model = prepare_model(backbone, device, settings.channels_last)
+    steady_heap()
+    if settings.compile:
+        model = torch.compile(model)
     computed, failures = 0, []
     with _progress(settings.progress, len(pending), key) as progress:
         task = progress.add_task(f"extract {key}", total=len(pending)) if progress else None
@@ -280,7 +340,7 @@ def _run(collection: Collection, backbone: Backbone, key: str, pending: list[str
             if ok:
                 try:
                     feats = embed_batch(model, images[ok], backbone, device=device, precision=precision,
-                                        channels_last=settings.channels_last)
+                                        channels_last=settings.channels_last, tta=tta)
                 except torch.cuda.OutOfMemoryError:
                     raise FeatkitError(
                         f"out of GPU memory at batch size {settings.batch_size} with {key}; rows done so far are "

@@ -1,0 +1,159 @@
+"""The GPU extraction path: JPEG bytes read by CPU workers, decoded in batches by nvjpeg.
+
+Decoding is the known bottleneck of extraction (one CPU core decodes a few hundred
+JPEGs/s; a GPU runs ResNet50 at thousands of img/s). Here the DataLoader workers only
+read file bytes and peek at the header; the main process hands a whole batch of
+JPEGs to ``torchvision.io.decode_jpeg(device="cuda")`` (one batched nvjpeg call),
+then resizes and centre-crops each image on the GPU. Everything else — PNG, TIFF,
+CMYK or EXIF-rotated JPEGs, images over the pixel ceiling, files that do not end
+like a complete JPEG, and anything nvjpeg refuses — takes the CPU PIL path of
+:class:`featkit.extract.ImageDataset`, so failures are recorded with exactly the
+same reasons as on the CPU path. Pixels decoded on the CPU travel in pinned memory
+with non-blocking copies.
+
+The same code runs with ``device="cpu"`` (libjpeg through torchvision), which is
+how the tests check the routing and the failure records without a GPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from featkit.backbones.preprocess import Preprocess
+from featkit.data.images import DEFAULT_MAX_PIXELS
+from featkit.extract import ImageDataset
+
+_EXIF_ORIENTATION = 0x0112
+_NVJPEG_MODES = ("RGB", "L")  # YCbCr and greyscale JPEGs; CMYK goes through PIL
+Batch = tuple[torch.Tensor, torch.Tensor, list[str]]  # positions, uint8 images on the device, errors
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How a decoded image becomes the uint8 square the backbone (or TTA) expects."""
+
+    resize_size: int
+    size: int  # centre crop side
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def of(cls, pre: Preprocess, size: int | None = None) -> "DecodeSpec":
+        return cls(resize_size=pre.resize_size, size=size or pre.crop_size, interpolation=pre.interpolation)
+
+
+def gpu_decode_wanted(setting: bool | None, device: torch.device) -> bool:
+    """``--gpu-decode`` auto (None) means: on when extracting on CUDA."""
+    return device.type == "cuda" if setting is None else bool(setting)
+
+
+def jpeg_bytes(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor | None:
+    """The file's bytes when nvjpeg can decode it exactly as PIL would; else None (use PIL).
+
+    Reads the header only (no pixel decoding): baseline/progressive YCbCr or greyscale
+    JPEG, no EXIF rotation, within the pixel ceiling, ending with the EOI marker.
+    """
+    try:
+        with Image.open(path) as img:
+            if img.format != "JPEG" or img.mode not in _NVJPEG_MODES:
+                return None
+            if img.width * img.height > max_pixels:
+                return None
+            if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                return None
+        data = Path(path).read_bytes()
+    except Exception:  # unreadable or not an image: PIL gives the reason
+        return None
+    if not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):  # truncated: let PIL say so
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+class EncodedDataset(Dataset):
+    """(position, JPEG bytes or None, uint8 pixels or None, error) per image; never raises."""
+
+    def __init__(self, paths: Sequence[str], fallback: ImageDataset) -> None:
+        self.paths = list(paths)
+        self.fallback = fallback
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        data = jpeg_bytes(self.paths[i], max_pixels=self.fallback.max_pixels)
+        if data is not None:
+            return i, data, None, ""
+        _, pixels, error = self.fallback[i]
+        return i, None, pixels, error
+
+
+def collate_encoded(items: list) -> tuple:
+    """(positions, JPEG byte tensors, their batch slots, CPU-decoded pixels, their slots, errors)."""
+    positions = torch.tensor([it[0] for it in items], dtype=torch.int64)
+    enc_slots = [j for j, it in enumerate(items) if it[1] is not None]
+    pix_slots = [j for j, it in enumerate(items) if it[1] is None]
+    encoded = [items[j][1] for j in enc_slots]
+    pixels = torch.stack([items[j][2] for j in pix_slots]) if pix_slots else torch.zeros(0, dtype=torch.uint8)
+    return positions, encoded, enc_slots, pixels, pix_slots, [it[3] for it in items]
+
+
+def decode_resize(encoded: list[torch.Tensor], spec: DecodeSpec, device: torch.device) -> list[torch.Tensor | None]:
+    """Batched JPEG decode on ``device``, then resize + centre crop; None where decoding failed."""
+    if not encoded:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 0.29 marks its image I/O as deprecated
+        try:
+            images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # one bad file fails the batch: retry one by one
+            images = []
+            for data in encoded:
+                try:
+                    images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    images.append(None)
+    interpolation = InterpolationMode(spec.interpolation)
+    out: list[torch.Tensor | None] = []
+    for img in images:
+        if img is None:
+            out.append(None)
+            continue
+        img = F.resize(img, [spec.resize_size], interpolation=interpolation, antialias=True)
+        out.append(F.center_crop(img, [spec.size, spec.size]))
+    return out
+
+
+def assemble(batch: tuple, spec: DecodeSpec, device: torch.device, fallback: ImageDataset) -> Batch:
+    """One collated batch -> (positions, uint8 images (B, 3, size, size) on ``device``, errors)."""
+    positions, encoded, enc_slots, pixels, pix_slots, errors = batch
+    errors = list(errors)
+    images = torch.zeros(len(positions), 3, spec.size, spec.size, dtype=torch.uint8, device=device)
+    if pix_slots:
+        images[pix_slots] = pixels.to(device, non_blocking=True)
+    for slot, img in zip(enc_slots, decode_resize(encoded, spec, device)):
+        if img is None:  # nvjpeg refused it: PIL decodes it or records why not
+            _, img, errors[slot] = fallback[int(positions[slot])]
+            img = img.to(device)
+        images[slot] = img
+    return positions, images, errors
+
+
+def gpu_batches(paths: Sequence[str], *, preprocess: Preprocess, size: int, fallback: ImageDataset,
+                batch_size: int, workers: int, device: torch.device) -> Iterator[Batch]:
+    """(positions, uint8 images on ``device``, errors) per batch, like the CPU loader's batches."""
+    spec = DecodeSpec.of(preprocess, size)
+    loader = DataLoader(EncodedDataset(paths, fallback), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, collate_fn=collate_encoded, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if workers else None)
+    for batch in loader:
+        yield assemble(batch, spec, device, fallback)
+
