@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from _manifest import write_manifest
 from conftest import dataset_dir
 from featkit.config import Config
 from featkit.data import load_collection
@@ -40,12 +41,12 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def porcelain(tmp_path_factory) -> Config:
-    """60 real porcelain photos (every 29th row) and three broken files, with featkit.toml."""
+    """40 real porcelain photos (every 43rd row) and three broken files, with featkit.toml."""
     source = dataset_dir("cpac-porcelain")
     root = tmp_path_factory.mktemp("porcelain-ray")
     (root / "images").mkdir()
     with open(source / "labels.csv", newline="") as fh:
-        picked = list(csv.DictReader(fh))[::29][:60]
+        picked = list(csv.DictReader(fh))[::43][:40]
     rows = []
     for row in picked:
         shutil.copy(source / row["image"], root / row["image"])
@@ -55,13 +56,7 @@ def porcelain(tmp_path_factory) -> Config:
     (root / BROKEN[1]).write_bytes(data[: len(data) // 3])
     (root / BROKEN[2]).write_text("not an image")
     rows += [{"image": name, "dynasty": "ming"} for name in BROKEN]
-    with open(root / "labels.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["image", "dynasty"])
-        writer.writeheader()
-        writer.writerows(rows)
-    config = Config(root=root, name="porcelain", manifest=Path("labels.csv"), tasks=("dynasty",))
-    config.write()
-    return config
+    return write_manifest(root, rows, name="porcelain", task="dynasty")
 
 
 def _extract(config: Config, store: Path, **settings):
@@ -73,7 +68,7 @@ def test_ray_engine_writes_what_the_local_engine_writes(porcelain, ray_session, 
     local = _extract(porcelain, tmp_path / "local.h5", workers=1)
     remote = _extract(porcelain, tmp_path / "ray.h5", engine="ray")
     assert remote.key == local.key
-    assert (remote.computed, remote.failed, remote.remaining) == (local.computed, local.failed, 0) == (60, 3, 0)
+    assert (remote.computed, remote.failed, remote.remaining) == (local.computed, local.failed, 0) == (40, 3, 0)
     assert remote.device == "cpu" and remote.precision == "fp32"
 
     a, b = FeatureStore(tmp_path / "local.h5"), FeatureStore(tmp_path / "ray.h5")
@@ -82,23 +77,23 @@ def test_ray_engine_writes_what_the_local_engine_writes(porcelain, ray_session, 
     assert sa["failures"] == sb["failures"] and set(sb["failures"]) == set(BROKEN)
     assert "truncated" in sb["failures"]["images/zz_half.jpg"]
     fa, fb = a.load(local.key), b.load(remote.key)
-    assert list(fa.ids) == list(fb.ids) and len(fa.ids) == 60
+    assert list(fa.ids) == list(fb.ids) and len(fa.ids) == 40
     np.testing.assert_allclose(fb.X, fa.X, rtol=1e-5, atol=1e-6)  # identical features, within fp32 rounding
     assert a.meta(local.key)["preprocess_fingerprint"] == b.meta(remote.key)["preprocess_fingerprint"]
 
     again = _extract(porcelain, tmp_path / "ray.h5", engine="ray")  # resumes like the local engine
-    assert (again.computed, again.already_done, again.skipped_failed) == (0, 60, 3)
+    assert (again.computed, again.already_done, again.skipped_failed) == (0, 40, 3)
 
 
 def test_cli_ray_engine_resumes_a_local_store_and_prints_clean_json(porcelain, ray_session, tmp_path):
     store = tmp_path / "mixed.h5"
-    first = _extract(porcelain, store, limit=20, workers=0)
+    first = _extract(porcelain, store, limit=10, workers=0)
     result = CliRunner().invoke(_app(), ["extract", "--config", str(porcelain.root), "--store", str(store),
                                          "--engine", "ray", "--fp32", "--batch-size", "16", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert (first.computed, summary["already_done"], summary["computed"], summary["failed"]) == (20, 20, 40, 3)
-    assert len(FeatureStore(store).load(summary["key"]).ids) == 60
+    assert (first.computed, summary["already_done"], summary["computed"], summary["failed"]) == (10, 10, 30, 3)
+    assert len(FeatureStore(store).load(summary["key"]).ids) == 40
 
 
 def test_ray_engine_names_what_is_wrong(porcelain, ray_session, tmp_path):
