@@ -145,8 +145,10 @@ def make_demo_collection(out: Path, *, n_objects: int = 150, views: int = 2, siz
         for view in range(views):
             rel = f"images/{obj.object_id}_v{view}.jpg"
             path = out / rel
-            if not path.exists():
-                render(obj, view, size=size, seed=seed).save(path, quality=90)
+            if not path.exists():  # whole or not at all: a killed demo must not leave half an image to reuse
+                part = path.with_suffix(".part")
+                render(obj, view, size=size, seed=seed).save(part, format="JPEG", quality=90)
+                part.replace(path)
             rows.append({"image": rel, "form": obj.form, "glaze": obj.glaze, "decoration": obj.decoration,
                          "period": obj.period, "object_id": obj.object_id})
     manifest = out / "labels.csv"

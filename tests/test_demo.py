@@ -53,3 +53,30 @@ def test_featkit_demo_runs_the_main_job(tmp_path):
     assert (out / "featkit.toml").is_file() and (out / "features" / "vessels.h5").is_file()
     labels = (out / "labels.csv").read_text().splitlines()
     assert labels[0] == "image,form,glaze,decoration,period,object_id" and len(labels) == 41
+
+
+def test_an_interrupted_render_leaves_no_half_image(tmp_path, monkeypatch):
+    """A rerun reuses images already there, so one cut off mid-write must never be there."""
+    from PIL import Image
+
+    real_save = Image.Image.save
+    calls = []
+
+    def dying_save(self, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) == 3:  # the third image: write a little, then die
+            with open(fp, "wb") as fh:
+                fh.write(b"\xff\xd8\xff\xe0 half")
+            raise KeyboardInterrupt
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", dying_save)
+    try:
+        make_demo_collection(tmp_path / "a", n_objects=4)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert len(list((tmp_path / "a" / "images").glob("*.jpg"))) == 2
+    make_demo_collection(tmp_path / "a", n_objects=4)
+    make_demo_collection(tmp_path / "b", n_objects=4)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")  # the rerun finished it, byte for byte
