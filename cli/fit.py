@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -28,6 +29,7 @@ def fit(
     param: list[str] = typer.Option(None, "--param", "-p", help="Hyperparameter NAME=V or NAME=V1,V2 (searched), "
                                                                 "e.g. C=0.1 or num_leaves=7,15,31."),
     seed: int = typer.Option(0, help="Seed for folds, samplers and models."),
+    jobs: int = typer.Option(None, "--jobs", "-j", min=1, help="Threads (default: lgbm 1, linear heads BLAS's)."),
     no_model: bool = typer.Option(False, "--no-model", help="Evaluate only; skip the final refit and saved model."),
     out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<task>-<clf>-<backbone>-<time>)."),
     config_dir: Path = ConfigOpt,
@@ -36,9 +38,14 @@ def fit(
     """Fit and honestly evaluate a head per task on the cached embeddings."""
     config = load_config(config_dir)
     settings = FitSettings(cv=cv, inner_cv=inner_cv, split=split, rebalance=rebalance, pca=pca, seed=seed,
-                           params=parse_params(param or []), out=out, save_model=not no_model)
+                           n_jobs=jobs, params=parse_params(param or []), out=out, save_model=not no_model)
     tasks = [t.strip() for t in task.split(",") if t.strip()]
-    results = fit_tasks(config, tasks=tasks, clf=clf, backbone=backbone, variant=variant, settings=settings)
+    with console.status(f"fitting {clf}") if not json_out else contextlib.nullcontext() as status:
+        def progress(done: int, total: int) -> None:
+            if status is not None:
+                status.update(f"fitting {clf}: fold {done}/{total} done")
+        results = fit_tasks(config, tasks=tasks, clf=clf, backbone=backbone, variant=variant, settings=settings,
+                            progress=progress)
     if json_out:
         print_json(results[0].report if len(results) == 1 else [r.report for r in results])
         return

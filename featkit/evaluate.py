@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from sklearn.base import clone
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support)
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedGroupKFold, StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from featkit.errors import FeatkitError, choices_message
 from featkit.heads.registry import CLASS_WEIGHT, HeadSpec, create_head, get_head_spec, resolve_rebalance
@@ -44,7 +46,7 @@ class EvalSettings:
     pca: int | None = None  # None: the head's default (lgbm: 128 on wide embeddings); 0: no PCA
     params: Mapping[str, tuple] = field(default_factory=dict)  # one value: fixed; several: searched
     seed: int = 0
-    n_jobs: int | None = None
+    n_jobs: int | None = None  # threads (lgbm: 1 unless set; linear heads: BLAS default unless set)
     validation_fraction: float = 0.2  # early stopping: share of training rows held out
     stopping_rounds: int = 30
 
@@ -275,10 +277,13 @@ def _tune_grid(spec, pipe, X, y, groups, *, fixed, searched, settings):
         return pipe.fit(X, y), dict(fixed), {"method": "none (all hyperparameters fixed)"}
     folds = inner_splits(y, groups, k=settings.inner_cv, seed=settings.seed)
     search = GridSearchCV(pipe, {spec.param_prefix + k: v for k, v in searched.items()}, cv=folds,
-                          scoring="balanced_accuracy", refit=True, n_jobs=1, error_score="raise")
+                          scoring="balanced_accuracy", refit=True, n_jobs=1, error_score=np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # small inner folds: "y_pred contains classes not in y_true" etc.
         search.fit(X, y)
+    if not np.isfinite(search.cv_results_["mean_test_score"]).any():
+        raise FeatkitError(f"every {spec.name} candidate failed on the inner folds of a training set of {len(y)} rows "
+                           f"(classes: {class_counts(y)}); use --rebalance class_weight or a smaller --inner-cv")
     best = {k[len(spec.param_prefix):]: _plain(v) for k, v in search.best_params_.items()}
     scores = [{**{k[len(spec.param_prefix):]: _plain(v) for k, v in params.items()}, "score": round(float(score), 4)}
               for params, score in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"])]
@@ -371,8 +376,10 @@ def tune_and_fit(clf: str, pipe, *, X: np.ndarray, y: np.ndarray, groups: np.nda
     spec = get_head_spec(clf)
     fixed, searched = split_params(spec, settings.params)
     tuner = _TUNERS[spec.tuning]
+    limit = threadpool_limits(settings.n_jobs) if settings.n_jobs else contextlib.nullcontext()
     try:
-        return tuner(spec, pipe, X, y, groups, fixed=fixed, searched=searched, settings=settings)
+        with limit:  # BLAS/OpenMP threads of the linear heads follow --jobs too
+            return tuner(spec, pipe, X, y, groups, fixed=fixed, searched=searched, settings=settings)
     except ValueError as err:
         if "n_neighbors" in str(err) or "Expected n_neighbors" in str(err):
             raise FeatkitError(

@@ -37,7 +37,7 @@ class HeadSpec:
 
     name: str
     description: str
-    build: Callable[..., BaseEstimator]  # (params, *, class_weight, seed, n_jobs) -> classifier
+    build: Callable[..., BaseEstimator]  # (params, *, class_weight, seed, n_jobs: int | None) -> classifier
     defaults: dict[str, Any] = field(default_factory=dict)  # hyperparameters when neither grid nor user set them
     grid: dict[str, tuple] = field(default_factory=dict)  # chosen inside training data unless the user fixes them
     tuning: str = "grid"  # "grid": inner CV over ``grid``; "early_stopping": validation split picks rounds
@@ -164,8 +164,7 @@ def create_head(
     chosen, _ = resolve_rebalance(name, rebalance, class_counts)
     # untuned, a searched hyperparameter takes the middle of its grid
     values = {**spec.defaults, **{k: v[len(v) // 2] for k, v in spec.grid.items() if k not in spec.defaults}, **params}
-    clf = spec.build(values, class_weight="balanced" if chosen == CLASS_WEIGHT else None, seed=seed,
-                     n_jobs=n_jobs or default_jobs())
+    clf = spec.build(values, class_weight="balanced" if chosen == CLASS_WEIGHT else None, seed=seed, n_jobs=n_jobs)
     steps: list[tuple[str, Any]] = [("scale", StandardScaler())]
     if pca:
         steps.append(("pca", PCA(n_components=pca, random_state=seed)))
