@@ -7,10 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json
-from ._explore import BackboneOpt, OutOpt, VariantOpt, fmt, text
-from featkit.data import load_collection
-from featkit.explore.embeddings import resolve_key
+from ._common import ConfigOpt, JsonOpt, console, friendly, print_json
+from ._explore import BackboneOpt, OutOpt, VariantOpt, fmt, open_collection, text
 from featkit.explore.duplicates import DuplicateSettings, find_duplicates
 
 
@@ -27,9 +25,7 @@ def duplicates(
     json_out: bool = JsonOpt,
 ) -> None:
     """Near-duplicate pairs by cosine similarity; pairs across the split column or groups are leaks."""
-    config = load_config(config_dir)
-    collection = load_collection(config)
-    key = resolve_key(config, backbone=backbone, variant=variant)
+    config, collection, (key,) = open_collection(config_dir, backbone=backbone, variant=variant)
     report = find_duplicates(config, key=key, settings=DuplicateSettings(threshold=threshold, max_pairs=max_pairs),
                              out=out, collection=collection)
     if json_out:

@@ -7,10 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json
-from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt, text
-from featkit.data import load_collection
-from featkit.explore.embeddings import resolve_key, resolve_task
+from ._common import ConfigOpt, JsonOpt, console, friendly, print_json
+from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt, open_collection, text
+from featkit.explore.embeddings import resolve_task
 from featkit.explore.label_issues import RANK_BY, LabelIssueSettings, find_label_issues
 from featkit.heads import list_heads
 
@@ -30,10 +29,8 @@ def label_issues(
     json_out: bool = JsonOpt,
 ) -> None:
     """Rank images whose given label the embedding confidently disagrees with, with a suggested label."""
-    config = load_config(config_dir)
-    collection = load_collection(config)
+    config, collection, (key,) = open_collection(config_dir, backbone=backbone, variant=variant)
     task = resolve_task(config, task, collection)
-    key = resolve_key(config, backbone=backbone, variant=variant)
     settings = LabelIssueSettings(clf=clf, cv=cv, C=c, rank_by=rank_by)
     report = find_label_issues(config, key=key, task=task, settings=settings,
                                out=out, collection=collection)

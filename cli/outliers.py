@@ -7,10 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json
-from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt, text
-from featkit.data import load_collection
-from featkit.explore.embeddings import resolve_key, resolve_task
+from ._common import ConfigOpt, JsonOpt, console, friendly, print_json
+from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt, open_collection, text
+from featkit.explore.embeddings import resolve_task
 from featkit.explore.outliers import OUTLIER_METHODS, OutlierSettings, find_outliers
 
 
@@ -28,10 +27,8 @@ def outliers(
     json_out: bool = JsonOpt,
 ) -> None:
     """Images far from the rest of their class (group-aware), ranked; CSV and gallery PNG."""
-    config = load_config(config_dir)
-    collection = load_collection(config)
+    config, collection, (key,) = open_collection(config_dir, backbone=backbone, variant=variant)
     task = resolve_task(config, task, collection)
-    key = resolve_key(config, backbone=backbone, variant=variant)
     settings = OutlierSettings(method=method, k=k, top=top, gallery=gallery)
     report = find_outliers(config, key=key, task=task, settings=settings,
                            out=out, collection=collection)

@@ -7,26 +7,22 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json, split_list
-from ._explore import TasksOpt, fmt, text
-from featkit.data import load_collection
-from featkit.explore.embeddings import resolve_keys
+from ._common import ConfigOpt, JsonOpt, console, friendly, print_json, split_list
+from ._explore import BackboneFilterOpt, TasksOpt, VariantFilterOpt, fmt, open_collection, text
 from featkit.explore.rank import rank_backbones
 
 
 @friendly
 def rank(
     task: str = TasksOpt,
-    backbone: str = typer.Option(None, "--backbone", "-b", help="Only this backbone (default: every cached one)."),
-    variant: str = typer.Option(None, "--variant", help="Only this variant (default: every cached one)."),
+    backbone: str = BackboneFilterOpt,
+    variant: str = VariantFilterOpt,
     runs: Path = typer.Option(None, "--runs", help="Runs folder of `featkit fit` (default: runs/ beside featkit.toml)."),
     config_dir: Path = ConfigOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Transferability (LogME) of every cached backbone/variant per task, without training a head."""
-    config = load_config(config_dir)
-    collection = load_collection(config)
-    keys = resolve_keys(config, backbone=backbone, variant=variant)
+    config, collection, keys = open_collection(config_dir, backbone=backbone, variant=variant, every=True)
     report = rank_backbones(config, keys=keys, tasks=split_list(task), runs_dir=runs, collection=collection)
     if json_out:
         print_json(report.to_dict())

@@ -7,18 +7,16 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json, split_list
-from ._explore import TasksOpt, fmt, text
-from featkit.data import load_collection
-from featkit.explore.embeddings import resolve_keys
+from ._common import ConfigOpt, JsonOpt, console, friendly, print_json, split_list
+from ._explore import BackboneFilterOpt, TasksOpt, VariantFilterOpt, fmt, open_collection, text
 from featkit.explore.separability import SeparabilitySettings, separability as measure
 
 
 @friendly
 def separability(
     task: str = TasksOpt,
-    backbone: str = typer.Option(None, "--backbone", "-b", help="Only this backbone (default: every cached one)."),
-    variant: str = typer.Option(None, "--variant", help="Only this variant (default: every cached one)."),
+    backbone: str = BackboneFilterOpt,
+    variant: str = VariantFilterOpt,
     k: int = typer.Option(10, "--k", min=1, help="Neighbours that vote in k-NN accuracy."),
     max_points: int = typer.Option(10000, "--max-points", min=10, help="Stratified subsample above this."),
     per_class: bool = typer.Option(False, "--per-class", help="Also print silhouette and k-NN recall per class."),
@@ -26,9 +24,7 @@ def separability(
     json_out: bool = JsonOpt,
 ) -> None:
     """How well each cached embedding separates each task's classes (no head trained)."""
-    config = load_config(config_dir)
-    collection = load_collection(config)
-    keys = resolve_keys(config, backbone=backbone, variant=variant)
+    config, collection, keys = open_collection(config_dir, backbone=backbone, variant=variant, every=True)
     report = measure(config, keys=keys, tasks=split_list(task), collection=collection,
                      settings=SeparabilitySettings(k=k, max_points=max_points))
     if json_out:

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json, split_list
-from ._explore import BackboneOpt, OutOpt, TasksOpt, VariantOpt, text
-from featkit.data import load_collection
-from featkit.explore.embeddings import resolve_key, resolve_tasks
+from ._common import ConfigOpt, JsonOpt, console, friendly, print_json, split_list
+from ._explore import BackboneOpt, OutOpt, TasksOpt, VariantOpt, open_collection, text
 from featkit.explore.umap import KNN_METHODS, UmapSettings, draw_umap
 
 
@@ -32,13 +30,10 @@ def umap(
     json_out: bool = JsonOpt,
 ) -> None:
     """UMAP of a cached backbone/variant: coordinates cached in the store, PNG per task, HTML with hover images."""
-    config = load_config(config_dir)
-    collection = load_collection(config)
-    tasks = resolve_tasks(config, split_list(task), collection)
-    key = resolve_key(config, backbone=backbone, variant=variant)
+    config, collection, (key,) = open_collection(config_dir, backbone=backbone, variant=variant)
     settings = UmapSettings(n_neighbors=neighbors, min_dist=min_dist, metric=metric,
                             seed=None if parallel else seed, knn=knn, html=html, max_thumbnails=thumbnails)
-    report = draw_umap(config, key=key, tasks=tasks, out=out, settings=settings, collection=collection,
+    report = draw_umap(config, key=key, tasks=split_list(task), out=out, settings=settings, collection=collection,
                        refresh=refresh)
     if json_out:
         print_json(report.to_dict())

@@ -247,10 +247,13 @@ def test_cli_commands_print_json(env):
     assert {(r["key"], r["task"]) for r in json.loads(out.stdout)["rows"]} == {
         (k, t) for k in (REAL, RANDOM) for t in ("form", "glaze")}
 
-    out = cli(env, "umap", "--variant", "imagenet1k_v1", "--task", "form", "-k", "10", "--thumbnails", "5", "--json")
-    assert out.exit_code == 0, out.output
+    umap_args = ("umap", "--variant", "imagenet1k_v1", "--task", "form", "-k", "10", "--thumbnails", "5", "--json")
+    first = cli(env, *umap_args)
+    assert first.exit_code == 0, first.output
+    out = cli(env, *umap_args)
     data = json.loads(out.stdout)
-    assert data["cached"] and data["n"] == 81 and Path(data["html"]).is_file()  # fitted by the library test above
+    assert data["cached"] and data["n"] == 81 and Path(data["html"]).is_file()
+    assert data["aux"] == json.loads(first.stdout)["aux"] and data["png"]["form"].endswith("umap_form.png")
 
     out = cli(env, "outliers", "--variant", "imagenet1k_v1", "--task", "glaze", "--top", "5", "--no-gallery", "--json")
     assert out.exit_code == 0, out.output

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,6 @@ class LabelIssueReport:
     result: LabelIssues
     frame: pd.DataFrame  # issues with ids and paths
     csv: Path | None = None
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         r = self.result
