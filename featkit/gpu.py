@@ -17,6 +17,9 @@ how the tests check the routing and the failure records without a GPU.
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,14 +124,22 @@ def decode_resize(encoded: list[torch.Tensor], spec: DecodeSpec, device: torch.d
                     images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
                 except RuntimeError:
                     images.append(None)
+    return resize_crop(images, spec)
+
+
+def resize_crop(images: list[torch.Tensor | None], spec: DecodeSpec) -> list[torch.Tensor | None]:
+    """Resize the shorter side and centre-crop; images of one size go through in one call."""
+    out: list[torch.Tensor | None] = [None] * len(images)
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for j, img in enumerate(images):
+        if img is not None:
+            by_size.setdefault(tuple(img.shape), []).append(j)
     interpolation = InterpolationMode(spec.interpolation)
-    out: list[torch.Tensor | None] = []
-    for img in images:
-        if img is None:
-            out.append(None)
-            continue
-        img = F.resize(img, [spec.resize_size], interpolation=interpolation, antialias=True)
-        out.append(F.center_crop(img, [spec.size, spec.size]))
+    for slots in by_size.values():
+        stack = torch.stack([images[j] for j in slots])
+        stack = F.resize(stack, [spec.resize_size], interpolation=interpolation, antialias=True)
+        for j, img in zip(slots, F.center_crop(stack, [spec.size, spec.size])):
+            out[j] = img
     return out
 
 
@@ -154,6 +165,57 @@ def gpu_batches(paths: Sequence[str], *, preprocess: Preprocess, size: int, fall
     loader = DataLoader(EncodedDataset(paths, fallback), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=collate_encoded, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
-    for batch in loader:
-        yield assemble(batch, spec, device, fallback)
+    yield from prefetched((assemble(batch, spec, device, fallback) for batch in loader), device)
+
+
+def prefetched(batches: Iterator[Batch], device: torch.device, *, depth: int = 2) -> Iterator[Batch]:
+    """Run ``batches`` ahead in a thread (on its own CUDA stream), so the next batch is read,
+    decoded and resized while the network runs the current one (whose ``.cpu()`` blocks)."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                for batch in batches:
+                    ready = None
+                    if stream is not None:
+                        ready = torch.cuda.Event()
+                        ready.record(stream)
+                    if not put((batch, ready)):
+                        return
+            put((_DONE, None))
+        except BaseException as err:  # handed to the consumer, raised there
+            put((err, None))
+
+    thread = threading.Thread(target=produce, name="featkit-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, ready = slots.get()
+            if batch is _DONE:
+                return
+            if isinstance(batch, BaseException):
+                raise batch
+            if ready is not None:  # the images were made on the decode stream
+                current = torch.cuda.current_stream(device)
+                current.wait_event(ready)
+                batch[1].record_stream(current)
+            yield batch
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+_DONE = object()
 

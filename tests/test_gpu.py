@@ -9,6 +9,7 @@ torch.compile and TTA on CUDA, and skip without it.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from featkit.backbones import Preprocess
 from featkit.config import Config
 from featkit.data import load_collection
 from featkit.extract import ExtractSettings
-from featkit.gpu import decode_resize, DecodeSpec, gpu_decode_wanted, jpeg_bytes
+from featkit.gpu import DecodeSpec, decode_resize, gpu_decode_wanted, jpeg_bytes, prefetched, resize_crop
 from featkit.pipeline import extract_collection
 from featkit.store import FeatureStore
 
@@ -84,6 +85,38 @@ def test_a_corrupt_jpeg_in_a_batch_fails_alone(mixed):
     assert out[1] is None and out[0].shape == out[2].shape == (3, 24, 24)
     pil = Preprocess(crop_size=24, resize_size=32).image_transform()(Image.open(folder / "grey.jpg").convert("RGB"))
     assert (out[0].float() - pil.float()).abs().mean() < 3  # the same picture as the PIL path gives
+
+
+def test_prefetching_thread_keeps_order_passes_errors_and_stops_early():
+    def batches(fail_after: int | None):
+        for k in range(5):
+            if k == fail_after:
+                raise OSError("disk went away")
+            yield torch.tensor([k]), torch.zeros(1, 3, 2, 2, dtype=torch.uint8), [""]
+
+    cpu = torch.device("cpu")
+    assert [int(b[0]) for b in prefetched(batches(None), cpu)] == [0, 1, 2, 3, 4]
+    seen = []
+    with pytest.raises(OSError, match="disk went away"):
+        for b in prefetched(batches(3), cpu):
+            seen.append(int(b[0]))
+    assert seen == [0, 1, 2]
+    early = prefetched(batches(None), cpu)
+    assert int(next(early)[0]) == 0
+    early.close()  # the consumer stopped: the thread is told to stop and joined
+    assert not any(t.name == "featkit-decode" and t.is_alive() for t in threading.enumerate())
+
+
+def test_same_sized_images_are_resized_together_like_one_by_one():
+    rng = np.random.default_rng(1)
+    images = [torch.from_numpy(rng.integers(0, 255, (3, h, w), dtype=np.uint8)) for h, w in
+              ((60, 80), (60, 80), (90, 50))] + [None]
+    spec = DecodeSpec(resize_size=32, size=28)
+    together = resize_crop(images, spec)
+    assert together[3] is None
+    for img, out in zip(images[:3], together):
+        alone = resize_crop([img], spec)[0]
+        assert out.shape == (3, 28, 28) and torch.equal(out, alone)
 
 
 def test_auto_means_on_for_cuda_only():
