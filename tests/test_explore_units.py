@@ -362,3 +362,31 @@ def test_out_of_fold_probabilities_find_flipped_labels(heads_installed, monkeypa
     assert proba.shape == (60, 3) and np.allclose(proba.sum(axis=1), 1)
     issues = confident_learning(proba, y, classes)
     assert set(flipped) <= set(issues.issues["position"]) and len(issues.issues) <= 6
+
+
+JIT_PROBE = """
+import json, numpy as np, numba
+from featkit.explore.umap import UmapSettings, compute_umap, numba_cache_dir
+X = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+compute_umap(X, UmapSettings(n_neighbors=5))
+import umap.umap_ as u
+print(json.dumps({"cache_dir": numba.config.CACHE_DIR, "default": str(numba_cache_dir()),
+                  "hits": sum(u.smooth_knn_dist.stats.cache_hits.values()),
+                  "misses": sum(u.smooth_knn_dist.stats.cache_misses.values())}))
+"""
+
+
+@pytest.mark.slow
+def test_umap_jit_cache_survives_between_processes():
+    """umap-learn leaves smooth_knn_dist uncached; featkit caches it on disk in ~/.cache/featkit/numba."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    runs = []
+    for _ in range(2):  # the first may compile (a cold machine); the second must load from disk
+        out = subprocess.run([sys.executable, "-c", JIT_PROBE], capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    second = runs[1]
+    assert second["cache_dir"] == second["default"] and second["default"].endswith("featkit/numba")
+    assert second["hits"] >= 1 and second["misses"] == 0
