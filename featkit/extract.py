@@ -204,7 +204,19 @@ def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int, device:
 
 
 def prepare_model(backbone: Backbone, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """The network to run: on ``device``, eval mode, BatchNorm folded into the convolutions, channels_last.
+
+    Folding (torch.fx's inference ``fuse``, on a copy: ``backbone`` is left as it was) removes one
+    memory-bound pass per BatchNorm; on CPU it nearly halves MobileNetV2's time. The outputs are the
+    same up to float rounding. A network fx cannot trace runs unfolded.
+    """
     model = backbone.to(device).eval()
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        model = fuse(model)
+    except Exception:  # a plug-in backbone with data-dependent control flow: run it as it is
+        pass
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

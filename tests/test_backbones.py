@@ -19,6 +19,7 @@ from featkit.backbones import (BackboneSpec, Preprocess, create_backbone, get_ba
                                register_backbone)
 from featkit.backbones import registry
 from featkit.errors import FeatkitError
+from featkit.extract import prepare_model
 
 EXPECTED = {
     "resnet18": 512, "resnet50": 2048, "mobilenet_v2": 1280, "mobilenet_v3_large": 1280, "efficientnet_b0": 1280,
@@ -65,6 +66,11 @@ def test_random_weights_embed_at_the_crop_size(name):
     assert torch.isfinite(out).all() and out.abs().sum() > 0
     # the embedding depends on the image (relative: random EfficientNets shrink activations to ~1e-14)
     assert (out[0] - out[1]).abs().max() > 1e-3 * out.abs().max()
+    # what extraction runs (BatchNorm folded, channels_last) computes the same, and leaves the backbone as it was
+    with torch.inference_mode():
+        ran = prepare_model(backbone, torch.device("cpu"), True)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(ran, out, rtol=1e-3, atol=1e-4 * float(out.abs().max()))
+    assert all(p.is_contiguous() for p in backbone.parameters())
 
 
 @pytest.mark.parametrize("name", sorted(set(EXPECTED) - {"efficientnet_lite0"}))
@@ -147,6 +153,9 @@ def test_mobilenet_v2_wheel_weights_equal_torchvision(torch_home):
         logits_ours = reference.classifier(ours)
         logits_ref = reference(x_ref)
     torch.testing.assert_close(ours, pooled, atol=1e-5, rtol=1e-5)  # the pooled pre-logits vector
+    with torch.inference_mode():  # BatchNorm folded into the convolutions, as extraction runs it
+        folded = prepare_model(backbone, torch.device("cpu"), True)(x_ours)
+    torch.testing.assert_close(folded, ours, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(logits_ours, logits_ref, atol=1e-4, rtol=1e-4)
     random = create_backbone("mobilenet_v2", weights="random")
     with torch.inference_mode():
