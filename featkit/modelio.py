@@ -33,6 +33,7 @@ FORMAT = "featkit-head/1"
 # Types beyond skops' defaults that featkit heads contain; nothing else is loaded.
 TRUSTED_TYPES = (
     "collections.OrderedDict",
+    "featkit.heads.builtin.BalancedCalibratedClassifierCV",
     "imblearn.over_sampling._random_over_sampler.RandomOverSampler",
     "imblearn.over_sampling._smote.base.SMOTE",
     "imblearn.pipeline.Pipeline",

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 from imblearn.over_sampling import SMOTE, RandomOverSampler
 from sklearn.metrics import balanced_accuracy_score, recall_score
+from sklearn.svm import LinearSVC
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from featkit.errors import FeatkitError
+from featkit.heads.builtin import BalancedCalibratedClassifierCV
 from featkit.heads import (HeadSpec, create_head, list_heads, list_samplers, make_head, rebalance_choices,
                            register_head, resolve_rebalance)
 
@@ -73,7 +76,7 @@ def test_every_head_learns_with_every_rebalancing(name, rebalance):
 
 def test_class_weight_reaches_the_classifier_and_samplers_sit_before_it():
     lin = create_head("linsvc", n_classes=2, rebalance="class_weight")
-    assert lin.named_steps["clf"].estimator.class_weight == "balanced"
+    assert lin.named_steps["clf"].balanced and lin.named_steps["clf"].estimator.class_weight is None
     smote = create_head("logreg", n_classes=2, rebalance="smote", pca=5, class_counts={"a": 100, "b": 8})
     assert [s for s, _ in smote.steps] == ["scale", "pca", "sampler", "clf"]
     assert isinstance(smote.named_steps["sampler"], SMOTE)
@@ -88,11 +91,23 @@ def test_rebalancing_raises_minority_recall_on_imbalanced_data():
     X, y = blobs((1000, 50), dim=10, sep=1.5, seed=3)
     Xt, yt = blobs((500, 500), dim=10, sep=1.5, seed=4)
     recalls = {}
-    for rebalance in ("none", "class_weight", "oversample", "smote", "undersample"):
-        pipe = create_head("logreg", n_classes=2, rebalance=rebalance, class_counts={"class_0": 1000, "class_1": 50})
-        recalls[rebalance] = recall_score(yt, pipe.fit(X, y).predict(Xt), pos_label="class_1")
-    for rebalance in ("class_weight", "oversample", "smote", "undersample"):
-        assert recalls[rebalance] > recalls["none"] + 0.2, recalls
+    for name in ("logreg", "linsvc"):  # linsvc: its calibration must not undo the class weights
+        for rebalance in ("none", "class_weight", "oversample", "smote", "undersample"):
+            pipe = create_head(name, n_classes=2, rebalance=rebalance, class_counts={"class_0": 1000, "class_1": 50})
+            recalls[name, rebalance] = recall_score(yt, pipe.fit(X, y).predict(Xt), pos_label="class_1")
+        for rebalance in ("class_weight", "oversample", "smote", "undersample"):
+            assert recalls[name, rebalance] > recalls[name, "none"] + 0.2, recalls
+
+
+_BALANCED = "balanced weights depend on class frequencies, which repeating rows changes (as class_weight='balanced')"
+
+
+@parametrize_with_checks([BalancedCalibratedClassifierCV(LinearSVC(), cv=2, balanced=True)],
+                         expected_failed_checks=lambda est: {
+                             "check_sample_weight_equivalence_on_dense_data": _BALANCED,
+                             "check_sample_weight_equivalence_on_sparse_data": _BALANCED})
+def test_balanced_calibration_follows_the_estimator_contract(estimator, check):
+    check(estimator)
 
 
 def test_auto_rebalance_says_what_it_chose_and_why():

@@ -152,3 +152,18 @@ def test_models_and_inputs_are_checked(glaze_model, tmp_path):
     twin = _copy(folder, tmp_path / "twin")
     with pytest.raises(FeatkitError, match="one model per task"):
         predict_images([folder, twin], [config.root / "labels.csv"], settings=PredictSettings())
+
+
+@pytest.mark.parametrize("clf, rebalance", [("linsvc", "class_weight"), ("lgbm", "smote"), ("logreg", "oversample")])
+def test_every_head_survives_save_and_load(clf, rebalance, tmp_path):
+    from featkit.heads import create_head
+    from featkit.modelio import save_model
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 8)).astype(np.float32)
+    y = np.where(X[:, 0] > 0.5, "rare", "common").astype(object)
+    pipe = create_head(clf, n_classes=2, rebalance=rebalance, params={"n_estimators": 20} if clf == "lgbm" else None,
+                       class_counts={"common": int((y == "common").sum()), "rare": int((y == "rare").sum())}).fit(X, y)
+    save_model(tmp_path, pipe, meta={"task": "t", "clf": clf, "classes": ["common", "rare"],
+                                     "feature_space": {"backbone": "b", "variant": "v"}})
+    np.testing.assert_array_equal(load_model(tmp_path).pipeline.predict_proba(X), pipe.predict_proba(X))

@@ -6,7 +6,8 @@ correlated dimensions, hundreds to tens of thousands of rows):
 * ``logreg`` — multinomial logistic regression on standardised features; C from an
   inner-CV grid.
 * ``linsvc`` — LinearSVC (one-vs-rest) with sigmoid calibration so it gives
-  probabilities like the others (2-fold calibration inside the training data).
+  probabilities like the others (2-fold calibration inside the training data),
+  class-balanced in both steps when rebalancing by class weight.
 * ``lgbm`` — LightGBM made fast on wide embeddings: PCA to 128 components inside the
   pipeline when the embedding is wider than 256, 63 histogram bins, half the columns
   per tree, shallow trees (15 leaves), column-wise histograms, and the number of
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 from imblearn.over_sampling import SMOTE, RandomOverSampler
 from imblearn.under_sampling import RandomUnderSampler
+import numpy as np
 from lightgbm import LGBMClassifier
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
+from sklearn.utils.class_weight import compute_sample_weight
 
 from featkit.heads.registry import HeadSpec, register_head, register_sampler
 
@@ -34,10 +37,37 @@ def _logreg(params: dict, *, class_weight, seed: int, n_jobs: int | None) -> Log
                               class_weight=class_weight, random_state=seed)
 
 
-def _linsvc(params: dict, *, class_weight, seed: int, n_jobs: int | None) -> CalibratedClassifierCV:
+class BalancedCalibratedClassifierCV(CalibratedClassifierCV):
+    """``CalibratedClassifierCV`` whose calibration weighs classes like its classifier.
+
+    sklearn fits the sigmoid calibrators on raw class frequencies, which undoes
+    ``class_weight="balanced"``: measured on clothing ``kids`` (1:10), calibrated
+    LinearSVC predicted the majority class almost always (balanced accuracy 0.53 vs
+    logreg's 0.72). With ``balanced=True`` the classifier *and* the calibrators are
+    fitted with inverse-frequency sample weights, so the probabilities are posteriors
+    under equal class priors — what logistic regression with class weights gives.
+    """
+
+    _parameter_constraints: dict = {**CalibratedClassifierCV._parameter_constraints, "balanced": ["boolean"]}
+
+    def __init__(self, estimator=None, *, method="sigmoid", cv=None, n_jobs=None, ensemble="auto",
+                 balanced: bool = False):
+        super().__init__(estimator, method=method, cv=cv, n_jobs=n_jobs, ensemble=ensemble)
+        self.balanced = balanced
+
+    def fit(self, X, y, sample_weight=None, **fit_params):
+        if self.balanced and y is not None:  # without y, let sklearn say y is required
+            weights = compute_sample_weight("balanced", np.asarray(y))
+            sample_weight = weights if sample_weight is None else np.asarray(sample_weight) * weights
+        return super().fit(X, y, sample_weight=sample_weight, **fit_params)
+
+
+def _linsvc(params: dict, *, class_weight, seed: int, n_jobs: int | None) -> BalancedCalibratedClassifierCV:
+    # class weights travel as sample weights through the SVM and its calibration (see the class above)
     svc = LinearSVC(C=float(params["C"]), max_iter=int(params["max_iter"]), tol=float(params["tol"]),
-                    class_weight=class_weight, random_state=seed, dual="auto")
-    return CalibratedClassifierCV(svc, method="sigmoid", cv=2, ensemble=False)
+                    random_state=seed, dual="auto")
+    return BalancedCalibratedClassifierCV(svc, method="sigmoid", cv=2, ensemble=False,
+                                          balanced=class_weight == "balanced")
 
 
 def _lgbm(params: dict, *, class_weight, seed: int, n_jobs: int | None) -> LGBMClassifier:
