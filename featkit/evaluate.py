@@ -192,6 +192,19 @@ def evaluation_splits(
     return Splits(folds, mode, description)
 
 
+def collection_splits(collection, *, task: str, cv: int = 5, mode: str = "auto",
+                      seed: int = 0) -> tuple[np.ndarray, Splits]:
+    """:func:`evaluation_splits` for a collection's task: (positions of its labelled rows, splits over them).
+
+    Fold indices index the returned positions, so ``collection.ids[rows[test]]`` are a fold's test images.
+    """
+    labels = check_labels(collection.task_labels(task), allow_unknown=True)
+    rows = np.flatnonzero([v is not None for v in labels])
+    groups = None if collection.groups is None else collection.groups[rows]
+    split = None if collection.split is None else collection.split[rows]
+    return rows, evaluation_splits(labels[rows], groups, split=split, cv=cv, mode=mode, seed=seed)
+
+
 def rare_classes(y: np.ndarray, *, groups: np.ndarray | None, splits_mode: str, cv: int, inner_cv: int,
                  train_mask: np.ndarray | None = None) -> dict[str, str]:
     """Classes too small to evaluate honestly, and why (the stated fallback drops them)."""
@@ -516,6 +529,7 @@ def out_of_fold_proba(
 
 __all__ = [
     "CLASS_WEIGHT", "EvalSettings", "Evaluation", "Splits", "build_head", "check_labels", "class_counts",
+    "collection_splits",
     "compute_metrics", "cross_evaluate", "evaluation_splits", "inner_splits", "out_of_fold_proba", "rare_classes",
     "resolve_pca", "tune_and_fit", "validation_split",
 ]

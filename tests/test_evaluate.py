@@ -174,3 +174,16 @@ def test_wide_embeddings_get_pca_for_lgbm_only():
     assert decided["pca"]["used"] is None
     _, decided = build_head("lgbm", y, n_features=1280, settings=EvalSettings(pca=0))
     assert decided["pca"]["used"] is None
+
+
+def test_collection_splits_cover_labelled_rows_and_keep_objects_together(demo_config):
+    from featkit.data import load_collection
+    from featkit.evaluate import collection_splits
+
+    collection = load_collection(demo_config)
+    rows, splits = collection_splits(collection, task="glaze", cv=4)
+    assert len(rows) == len(collection) and splits.mode == "group"
+    ids = np.asarray(collection.ids)[rows]
+    for train, test in splits.folds:
+        objects = lambda idx: {i.split("/")[-1].split("_v")[0] for i in ids[idx]}  # noqa: E731
+        assert not objects(train) & objects(test)

@@ -313,7 +313,7 @@ def demo_step(config: Config, collection: Collection, key: str, opts: dict) -> d
     """``featkit demo``: fit every task with logreg and report balanced accuracy per task."""
     backbone, variant = key.split("/", 1)
     results = fit_tasks(config, tasks=list(collection.tasks), clf="logreg", backbone=backbone, variant=variant,
-                        settings=FitSettings(cv=opts.get("cv", 5)))
+                        settings=FitSettings(cv=opts.get("cv", 3)))
     lines = [
         f"fit {r.report['task']} (logreg, {r.report['split']['description']}): balanced accuracy "
         f"{r.metrics['balanced_accuracy']:.3f} (chance {r.metrics['chance_balanced_accuracy']:.3f}), "
