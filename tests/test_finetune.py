@@ -227,7 +227,8 @@ def test_finetuned_variant_goes_into_the_store(trained):
 def test_interrupted_run_resumes_to_the_same_result(demo_config, tmp_path):
     config = _copy_config(demo_config, tmp_path)
     collection = load_collection(config)
-    settings = QUICK.replace(epochs=2, steps_per_epoch=2, train_blocks=2, dropout=0.3,
+    settings = QUICK.replace(epochs=2, steps_per_epoch=2, train_blocks=2, unfreeze_every=1, dropout=0.3,
+                             task_weighting="uncertainty", class_weights="effective",
                              augment=Augment.from_names(["hflip", "crop"]))
     whole = finetune(config, collection, settings=settings.replace(run="whole"))
 
@@ -242,6 +243,9 @@ def test_interrupted_run_resumes_to_the_same_result(demo_config, tmp_path):
         finetune(config, collection, settings=settings.replace(run="cut"))
     resumed = finetune(config, collection, settings=settings.replace(run="cut"), resume=True)
     a, b = (json.loads(run_paths(config, r).history.read_text()) for r in ("whole", "cut"))
+    assert [h["trainable_blocks"] for h in b] == [2, 3]  # gradual unfreezing goes on after the resume
+    assert resumed.report["uncertainty_weights"] == pytest.approx(whole.report["uncertainty_weights"])
+    assert resumed.report["uncertainty_weights"]["glaze"] != 1.0  # learned, restored from the checkpoint
     for ra, rb in zip(a, b, strict=True):
         for task in settings.tasks:
             assert rb["train_loss"][task] == pytest.approx(ra["train_loss"][task], rel=1e-4)
