@@ -86,7 +86,7 @@ def load_image(
                             f"exceeds the limit of {max_pixels:,}"
                         )
                     img.load()
-                    img = ImageOps.exif_transpose(img) or img
+                    ImageOps.exif_transpose(img, in_place=True)  # no copy when upright already
                     return _to_rgb(img)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
