@@ -308,7 +308,8 @@ def _tune_grid(spec, pipe, X, y, groups, *, fixed, searched, settings):
 def _tune_early_stopping(spec, pipe, X, y, groups, *, fixed, searched, settings):
     import lightgbm
 
-    if len(settings.params.get("n_estimators", ())) == 1:
+    rounds_fixed = len(settings.params.get("n_estimators", ())) == 1
+    if rounds_fixed and not searched:
         return pipe.fit(X, y), dict(fixed), {"method": "none (rounds fixed by the user)"}
     train, val = validation_split(y, groups, fraction=settings.validation_fraction, seed=settings.seed)
     best = None
@@ -323,21 +324,23 @@ def _tune_early_stopping(spec, pipe, X, y, groups, *, fixed, searched, settings)
             # LightGBM 4.7 deprecates eval_set for eval_X/eval_y, but only eval_set label-encodes string classes
             warnings.filterwarnings("ignore", message=".*eval_set.*deprecated")
             clf.fit(Xt, yt, eval_set=[(Xv, y[val])], eval_class_weight=eval_weight,
-                    callbacks=[lightgbm.early_stopping(settings.stopping_rounds, verbose=False)])
-        rounds = int(clf.best_iteration_ or clf.n_estimators)
+                    callbacks=[] if rounds_fixed else [lightgbm.early_stopping(settings.stopping_rounds,
+                                                                               verbose=False)])
+        rounds = int(clf.n_estimators if rounds_fixed else (clf.best_iteration_ or clf.n_estimators))
         score = float(balanced_accuracy_score(y[val], clf.predict(Xv, num_iteration=rounds)))
         tried.append({**{k: _plain(v) for k, v in candidate.items()}, "rounds": rounds,
                       "val_balanced_accuracy": round(score, 4)})
         if best is None or score > best[0]:
             best = (score, candidate, rounds)
     _, candidate, rounds = best
-    final_rounds = max(1, int(round(rounds * len(y) / max(1, len(train)))))
+    final_rounds = rounds if rounds_fixed else max(1, int(round(rounds * len(y) / max(1, len(train)))))
     chosen = {**fixed, **{k: _plain(v) for k, v in candidate.items()}, "n_estimators": final_rounds}
     fitted = pipe.set_params(**_prefixed(spec, chosen)).fit(X, y)
-    detail = {"method": (f"early stopping ({settings.stopping_rounds} rounds patience) on a "
-                         f"{len(val)}-row validation split of the training rows; best {rounds} rounds, "
-                         f"refit on all {len(y)} training rows with {final_rounds} (scaled by rows)"),
-              "tried": tried}
+    how = (f"{rounds} rounds (fixed)" if rounds_fixed else
+           f"early stopping ({settings.stopping_rounds} rounds patience): best {rounds} rounds, refit with "
+           f"{final_rounds} (scaled by rows)")
+    detail = {"method": (f"validation split of the training rows ({len(val)} rows), balanced accuracy; {how}; "
+                         f"refit on all {len(y)} training rows"), "tried": tried}
     return fitted, chosen, detail
 
 

@@ -154,6 +154,7 @@ def test_lgbm_rounds_come_from_early_stopping_on_training_rows():
     assert decided["pca"]["used"] is None  # 30 dims: no PCA by default
     assert 1 <= chosen["n_estimators"] < 1000
     assert "early stopping" in detail["method"] and detail["tried"][0]["rounds"] < 1000
+    assert "validation split of the training rows" in detail["method"]
     assert fitted.named_steps["clf"].n_estimators == chosen["n_estimators"]
 
 
@@ -162,8 +163,10 @@ def test_lgbm_searches_leaves_when_given_a_list():
     settings = EvalSettings(params={"num_leaves": (3, 7), "n_estimators": (40,)})
     pipe, _ = build_head("lgbm", y, n_features=X.shape[1], settings=settings)
     _, chosen, detail = tune_and_fit("lgbm", pipe, X=X, y=y, groups=g, settings=settings)
-    assert detail["method"].startswith("none")  # rounds fixed by the user: no early stopping
-    assert chosen["n_estimators"] == 40
+    assert "40 rounds (fixed)" in detail["method"]  # rounds fixed by the user: no early stopping
+    assert [t["num_leaves"] for t in detail["tried"]] == [3, 7] and chosen["n_estimators"] == 40
+    best = max(detail["tried"], key=lambda t: t["val_balanced_accuracy"])
+    assert chosen["num_leaves"] == best["num_leaves"]
 
 
 def test_wide_embeddings_get_pca_for_lgbm_only():
