@@ -94,7 +94,7 @@ register_head(HeadSpec(
     description="logistic regression (lbfgs, multinomial); C by inner CV",
     build=_logreg,
     defaults={"max_iter": 500, "tol": 1e-3},
-    grid={"C": (0.001, 0.01, 0.1)},  # standardised 1k-2k-d embeddings want strong regularisation
+    grid={"C": (0.0001, 0.001, 0.01, 0.1)},  # standardised 1k-2k-d embeddings want strong regularisation
     param_prefix="clf__",
 ))
 
