@@ -9,6 +9,7 @@ them skip with a reason when they are absent.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -74,11 +75,20 @@ def real_store(request, name: str, backbone: str = "mobilenet_v2", **fields):
     from featkit.extract import ExtractSettings
     from featkit.pipeline import extract_collection
 
+    from featkit.errors import FeatkitError
+
     cache_root = Path(request.config.cache.mkdir("featkit-real"))
     config = _real_config(cache_root, name, **fields)
     collection = load_collection(config)
-    summary = extract_collection(config, collection, backbone, settings=ExtractSettings(progress=False))
-    return config, summary.key
+    for _ in range(120):  # another test process may be extracting the same store: wait for it
+        try:
+            summary = extract_collection(config, collection, backbone, settings=ExtractSettings(progress=False))
+            return config, summary.key
+        except FeatkitError as err:
+            if "being written by another" not in str(err):
+                raise
+            time.sleep(5)
+    pytest.fail(f"store for {name} stayed locked by another process")
 
 
 @pytest.fixture(scope="session")
