@@ -19,7 +19,7 @@ from featkit.backbones import (BackboneSpec, Preprocess, create_backbone, get_ba
                                register_backbone)
 from featkit.backbones import registry
 from featkit.errors import FeatkitError
-from featkit.extract import prepare_model
+from featkit.extract import autocast, prepare_model
 
 EXPECTED = {
     "resnet18": 512, "resnet50": 2048, "mobilenet_v2": 1280, "mobilenet_v3_large": 1280, "efficientnet_b0": 1280,
@@ -160,6 +160,13 @@ def test_mobilenet_v2_wheel_weights_equal_torchvision(torch_home):
     torch.testing.assert_close(folded, ours, atol=1e-4, rtol=1e-4)
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert n_bn == 0 and sum(isinstance(m, nn.BatchNorm2d) for m in backbone.modules()) == 52
+    # bf16: convolutions hold the weights autocast would cast on every batch; the same numbers, bit for bit
+    cpu = torch.device("cpu")
+    low = prepare_model(backbone, cpu, True, precision="bf16")
+    assert {m.weight.dtype for m in low.modules() if isinstance(m, nn.Conv2d)} == {torch.bfloat16}
+    with torch.inference_mode(), autocast(cpu, "bf16"):
+        assert torch.equal(low(x_ours), model(x_ours))
+    assert {p.dtype for p in backbone.parameters()} == {torch.float32}
     torch.testing.assert_close(logits_ours, logits_ref, atol=1e-4, rtol=1e-4)
     random = create_backbone("mobilenet_v2", weights="random")
     with torch.inference_mode():

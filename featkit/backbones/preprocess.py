@@ -58,7 +58,8 @@ class Preprocess:
         )
 
     def normalize(self, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """uint8 (B, 3, H, W) -> normalised float on the batch's device."""
+        """uint8 (B, 3, H, W) -> normalised float on the batch's device (``batch`` is not modified)."""
         mean = torch.tensor(self.mean, device=batch.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(self.std, device=batch.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-        return ((batch.to(torch.float32) - mean) / std).to(dtype)
+        scale = 1.0 / (torch.tensor(self.std, device=batch.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        x = batch.to(torch.float32, copy=True)
+        return x.sub_(mean).mul_(scale).to(dtype)  # in place: one new tensor, not three
