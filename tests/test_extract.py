@@ -190,3 +190,37 @@ def test_gpu_extract_matches_cpu(vessels, tmp_path):
     store = FeatureStore(config.store_path)
     # cuDNN and oneDNN sum in different orders (and TF32 may be on): close, not identical
     np.testing.assert_allclose(store.load(gpu.key).X, store.load(cpu.key).X, rtol=1e-2, atol=1e-2)
+
+
+def test_decoders_yield_to_the_network_on_cpu():
+    """CPU extraction runs its DataLoader workers at lower priority (they have slack; the network has none)."""
+    import os
+
+    import torch
+    from torch.utils.data import Dataset
+
+    class Niceness(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return os.nice(0)
+
+    base = os.nice(0)
+    cpu = fx.make_loader(Niceness(), batch_size=2, workers=1, device=torch.device("cpu"))
+    assert next(iter(cpu)).tolist() == [min(base + 10, 19)] * 2
+    inline = fx.make_loader(Niceness(), batch_size=2, workers=0, device=torch.device("cpu"))
+    assert next(iter(inline)).tolist() == [base] * 2 and os.nice(0) == base  # never the main process
+
+
+def test_normalize_leaves_its_input_alone():
+    import torch
+
+    from featkit.backbones import Preprocess
+
+    pre = Preprocess()
+    batch = torch.full((1, 3, 4, 4), 128.0)
+    out = pre.normalize(batch)
+    assert torch.equal(batch, torch.full((1, 3, 4, 4), 128.0))
+    expected = (128 / 255 - torch.tensor(pre.mean)) / torch.tensor(pre.std)
+    torch.testing.assert_close(out[0, :, 0, 0], expected)
