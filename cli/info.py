@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json
-from featkit.store import FeatureStore
 
 
 @friendly
@@ -19,6 +18,8 @@ def info(
     json_out: bool = JsonOpt,
 ) -> None:
     """Summarise the feature store: groups, rows done, failures, provenance."""
+    from featkit.store import FeatureStore
+
     path = store or load_config(config_dir).store_path
     fs = FeatureStore(path)
     summary = fs.info()

@@ -16,6 +16,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from featkit import __version__
+
+        typer.echo(f"featkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print featkit's version and exit.")) -> None:
+    """Cached CNN embeddings and per-task heads for multi-label image collections."""
 app.command("init")(init.init)
 app.command("extract")(extract.extract)
 app.command("info")(info.info)

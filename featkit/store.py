@@ -39,7 +39,7 @@ import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
-from featkit import __version__
+from featkit._version import __version__
 from featkit.errors import FeatkitError
 
 _MAGIC = b"FKW1"

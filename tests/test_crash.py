@@ -25,9 +25,9 @@ import pytest
 
 from conftest import dataset_dir
 from featkit.config import Config
-from featkit.data import load_collection
+from featkit.data import load_manifest
 from featkit.extract import ExtractSettings
-from featkit.pipeline import extract_collection
+from featkit.api import Collection
 from featkit.store import FeatureStore, _iter_wal
 
 N_IMAGES = 150
@@ -91,9 +91,9 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path):
     source = dataset_dir("cpac-porcelain")
     reference_cfg = _collection(tmp_path / "reference", source)
     crash_cfg = _collection(tmp_path / "crash", source)
-    ids = load_collection(crash_cfg).ids
+    ids = load_manifest(crash_cfg).ids
 
-    summary = extract_collection(reference_cfg, load_collection(reference_cfg), "mobilenet_v2",
+    summary = Collection(reference_cfg).extract_summary("mobilenet_v2",
                                  settings=ExtractSettings(progress=False, workers=0, batch_size=8, precision="fp32"))
     assert summary.computed == N_IMAGES and summary.failed == 0
     reference = FeatureStore(reference_cfg.store_path).load(KEY)

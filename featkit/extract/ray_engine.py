@@ -1,14 +1,15 @@
-"""The Ray Data engine: decode in tasks, embed in actors, write on the driver.
+"""The Ray Data engine (``pip install 'featkit[ray]'``): decode in tasks, embed in actors.
 
-``extract(..., settings=ExtractSettings(engine="ray", address=...))`` lands here once
-the driver has worked out which ids are pending. The pending images become a Ray
+Registered as engine ``ray`` (:mod:`featkit.extract.engines`). The images become a Ray
 Dataset of (position, path) rows; ``map_batches`` tasks decode them with the same
-robust PIL code as the local engine (:class:`featkit.extract.ImageDataset`), and a
+robust PIL code as the local engine (:class:`featkit.extract.decode.ImageDataset`), and a
 fixed pool of ``map_batches`` actors (``ActorPoolStrategy``; one per GPU with
-``num_gpus=1`` when the cluster has GPUs) runs the backbone through the same
-:func:`featkit.extract.embed_batch`. Results stream back to the driver with
-``iter_batches``; the driver is the only store writer, so ids, done flags and
-failures are recorded exactly as by the local engine.
+``num_gpus=1`` when the cluster has GPUs) prepares the backbone and embeds with the same
+:func:`~featkit.extract.runtime.prepare_model` and
+:func:`~featkit.extract.runtime.embed_batch`. Batches stream back to the driver with
+``iter_batches`` as :class:`~featkit.extract.runtime.EmbeddedBatch` es; the driver is the
+only store writer, so ids, done flags and failures are recorded exactly as by the local
+engine.
 
 On a multi-node cluster every node must see the images at the same paths (a shared
 filesystem); the store stays on the driver.
@@ -20,12 +21,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from featkit.backbones import Backbone
-from featkit.data.manifest import Collection
+from featkit.backbones.model import Backbone
 from featkit.errors import FeatkitError
-from featkit.extract import (ExtractSettings, ImageDataset, _progress, embed_batch, prepare_model,
-                             resolve_precision, steady_heap)
-from featkit.tta import create_tta
+from featkit.extract.decode import ImageDataset, steady_heap
+from featkit.extract.runtime import Engine, embed_batch, prepare_model, resolve_precision, split_batch
+from featkit.extract.settings import ExtractSettings
+from featkit.extract.tta import create_tta
 
 
 def _ray():
@@ -85,9 +86,7 @@ class _Embedder:
         self.precision = precision
         self.channels_last = channels_last
         self.tta = create_tta(tta)
-        self.model = prepare_model(backbone, self.device, channels_last)
-        if compile:
-            self.model = torch.compile(self.model)
+        self.model = prepare_model(backbone, self.device, channels_last, precision=precision, compile=compile)
 
     def __call__(self, batch: dict) -> dict:
         errors = np.asarray(batch["error"], dtype=object)
@@ -109,51 +108,44 @@ def _dataset(paths: list[str], block_rows: int):
     return _ray().data.from_pandas(frames)
 
 
-def run_ray(collection: Collection, backbone: Backbone, key: str, pending: list[str], writer, device: torch.device,
-            precision: str, settings: ExtractSettings) -> tuple[int, list[tuple[str, str]]]:
-    """Embed ``pending`` on the cluster; the driver writes every batch through ``writer``."""
-    if not pending:
-        return 0, []
-    ray = _ray()
-    connect(settings.address)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # featkit shows its own
-    ctx.print_on_execution_start = False
-    pre, tta = backbone.preprocess, create_tta(settings.tta)
-    gpus = _cluster_gpus() if device.type == "cuda" else 0
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    actors = gpus or max(1, cpus // 2)  # one per GPU; on CPUs, leave half the cores to decoding
-    # blocks of whole batches, about four per CPU, so every core has decoding to do
-    block_rows = max(settings.batch_size, min(16 * settings.batch_size, -(-len(pending) // (4 * cpus))))
-    ds = _dataset([str(collection.path(i)) for i in pending], block_rows)
-    # Each decoding task reserves what its worker uses: the interpreter with torch and PIL
-    # (Ray measured ~470 MiB RSS and asks for 25% headroom) and a batch of draft-decoded
-    # images (JPEG draft mode keeps them under twice the resize side). Having its own
-    # resource request also keeps Ray from fusing decoding into the actors: decoding runs
-    # in CPU tasks beside them.
-    decode_bytes = 600 * 2**20 + settings.batch_size * 3 * (2 * max(pre.resize_size, pre.crop_size)) ** 2 * 2
-    ds = ds.map_batches(_decode, batch_format="numpy", batch_size=settings.batch_size, num_cpus=1,
-                        memory=decode_bytes,
-                        fn_kwargs={"transform": tta.image_transform(pre), "size": tta.input_size(pre),
-                                   "draft_size": pre.resize_size, "max_pixels": settings.max_pixels})
-    ds = ds.map_batches(
-        _Embedder, batch_format="numpy", batch_size=settings.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0, num_cpus=1,
-        fn_constructor_kwargs={"backbone": backbone.cpu(), "device": device.type, "precision": precision,
-                               "channels_last": settings.channels_last, "tta": settings.tta,
-                               "compile": settings.compile},
-    )
-    computed, failures = 0, []
-    steady_heap()
-    with _progress(settings.progress, len(pending), key) as progress:
-        task = progress.add_task(f"extract {key} (ray, {actors} actors)", total=len(pending)) if progress else None
+class RayEngine(Engine):
+    """Decoding tasks and one embedding actor per GPU (or half the CPUs) on a Ray cluster."""
+
+    def placement(self, settings: ExtractSettings) -> tuple[torch.device, str]:
+        return ray_device(settings)
+
+    def embed(self, ids, paths, backbone, settings, *, device, precision):
+        ray = _ray()
+        connect(settings.address)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # featkit shows its own
+        ctx.print_on_execution_start = False
+        pre, tta = backbone.preprocess, create_tta(settings.tta)
+        gpus = _cluster_gpus() if device.type == "cuda" else 0
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        actors = gpus or max(1, cpus // 2)  # one per GPU; on CPUs, leave half the cores to decoding
+        # blocks of whole batches, about four per CPU, so every core has decoding to do
+        block_rows = max(settings.batch_size, min(16 * settings.batch_size, -(-len(paths) // (4 * cpus))))
+        ds = _dataset(list(paths), block_rows)
+        # Each decoding task reserves what its worker uses: the interpreter with torch and PIL
+        # (Ray measured ~470 MiB RSS and asks for 25% headroom) and a batch of draft-decoded
+        # images (JPEG draft mode keeps them under twice the resize side). Having its own
+        # resource request also keeps Ray from fusing decoding into the actors: decoding runs
+        # in CPU tasks beside them.
+        decode_bytes = 600 * 2**20 + settings.batch_size * 3 * (2 * max(pre.resize_size, pre.crop_size)) ** 2 * 2
+        ds = ds.map_batches(_decode, batch_format="numpy", batch_size=settings.batch_size, num_cpus=1,
+                            memory=decode_bytes,
+                            fn_kwargs={"transform": tta.image_transform(pre), "size": tta.input_size(pre),
+                                       "draft_size": pre.resize_size, "max_pixels": settings.max_pixels})
+        ds = ds.map_batches(
+            _Embedder, batch_format="numpy", batch_size=settings.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0, num_cpus=1,
+            fn_constructor_kwargs={"backbone": backbone.cpu(), "device": device.type, "precision": precision,
+                                   "channels_last": settings.channels_last, "tta": settings.tta,
+                                   "compile": settings.compile},
+        )
+        steady_heap()
         for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            positions, errors = out["position"], out["error"]
-            ok = errors == ""
-            bad = [(pending[p], str(e)) for p, e in zip(positions[~ok], errors[~ok])]
-            writer.write_rows(key, [pending[p] for p in positions[ok]], out["features"][ok], bad)
-            computed += int(ok.sum())
-            failures.extend(bad)
-            if progress:
-                progress.update(task, advance=len(positions))
-    return computed, failures
+            features = out["features"]
+            errors = [str(e) for e in out["error"]]
+            yield split_batch(ids, out["position"], errors, lambda ok: features[ok], backbone.dim)

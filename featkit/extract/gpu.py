@@ -7,7 +7,7 @@ JPEGs to ``torchvision.io.decode_jpeg(device="cuda")`` (one batched nvjpeg call)
 then resizes and centre-crops each image on the GPU. Everything else — PNG, TIFF,
 CMYK or EXIF-rotated JPEGs, images over the pixel ceiling, files that do not end
 like a complete JPEG, and anything nvjpeg refuses — takes the CPU PIL path of
-:class:`featkit.extract.ImageDataset`, so failures are recorded with exactly the
+:class:`featkit.extract.decode.ImageDataset`, so failures are recorded with exactly the
 same reasons as on the CPU path. Pixels decoded on the CPU travel in pinned memory
 with non-blocking copies.
 
@@ -34,7 +34,7 @@ from torchvision.transforms.v2 import functional as F
 
 from featkit.backbones.preprocess import Preprocess
 from featkit.data.images import DEFAULT_MAX_PIXELS
-from featkit.extract import ImageDataset
+from featkit.extract.decode import ImageDataset
 
 _EXIF_ORIENTATION = 0x0112
 _NVJPEG_MODES = ("RGB", "L")  # YCbCr and greyscale JPEGs; CMYK goes through PIL
