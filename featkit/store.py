@@ -1204,7 +1204,10 @@ class FeatureStore:
     def _rewrite_base(self, snap: _Snapshot, *, lost: list | None = None) -> None:
         """A new base holding every group's rows, renamed in; with ``lost`` (repair), the readable ones."""
         then = "rerun: nothing is lost (the old base and segments stay until the new one is complete)"
-        old = dict(snap.base.attrs) if snap.base is not None else {}
+        try:
+            old = dict(snap.base.attrs) if snap.base is not None else {}
+        except OSError:
+            old = {}  # repairing a base whose root attributes are damaged: only "created" is lost
         with _new_file(self.path, "folding segments into the base", then) as tmp:
             with _h5_new(tmp) as f:
                 f.attrs.update({"featkit_store": 2, "featkit_version": __version__,
@@ -1355,7 +1358,11 @@ def _repair(store: FeatureStore, snap: _Snapshot, report: dict) -> list[str]:
         return aside
     for path in sorted(rewrite & set(tables)):
         table = tables[path]
-        attrs = {k: v for k, v in table.attrs().items() if not k.startswith("_")}
+        try:
+            attrs = {k: v for k, v in table.attrs().items() if not k.startswith("_")}
+        except _Damaged:
+            path.unlink()  # not even its group's attributes read: its copy is aside, extract redoes its rows
+            continue
         with _new_file(path, f"repairing {path.name}", then) as tmp:
             with _h5_new(tmp) as f:
                 _merge_into(f, [table], {**attrs, "_key": table.key, "_first": table.seq[0], "_last": table.seq[1]},

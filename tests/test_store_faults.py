@@ -182,6 +182,17 @@ def test_read_only_folder_simulated(tmp_path, monkeypatch, code):
     _refused_but_readable(store, store.path.parent)
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod; the bind mount and simulated tests cover it")
+def test_read_only_folder_chmod(tmp_path):
+    store = _store(tmp_path)
+    folder = store.path.parent
+    folder.chmod(0o555)
+    try:
+        _refused_but_readable(store, folder)
+    finally:
+        folder.chmod(0o755)
+
+
 def test_read_only_mount(tmp_path, mounts):
     store = _store(tmp_path)
     view = tmp_path / "ro"
