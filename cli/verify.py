@@ -37,8 +37,10 @@ def _print(report: dict, check_only: bool) -> None:
         table = Table(title=f"damage in {report['path']}")
         for column in ("file", "group", "what", "images", "error"):
             table.add_column(column)
+        folder = Path(report["path"]).parent
         for p in report["problems"]:
-            table.add_row(p["file"], p["key"] or "?", p["what"], str(len(p["ids"]) or "unknown"), p["error"])
+            table.add_row(str(Path(p["file"]).relative_to(folder)), p["key"] or "?", p["what"],
+                          str(len(p["ids"]) or "unknown"), p["error"])
         console.print(table)
     for path in report["not_checksummed"]:
         console.print(f"{path}: written before checksums; " + ("rewritten with them" if report["repaired"] else
@@ -46,9 +48,10 @@ def _print(report: dict, check_only: bool) -> None:
     for path in report["set_aside"]:
         console.print(f"set aside: {path} (delete it once the store is whole again)", highlight=False)
     for key, ids in report["recompute"].items():
-        verb = "will recompute" if report["repaired"] else "will recompute, after `featkit verify`,"
-        console.print(f"{key}: a rerun of `featkit extract` {verb} {len(ids)} image(s): "
-                      f"{', '.join(ids[:3])}{', …' if len(ids) > 3 else ''}", highlight=False)
+        named = f"{len(ids)} image(s): {', '.join(ids[:3])}{', …' if len(ids) > 3 else ''}"
+        console.print(f"{key}: a rerun of `featkit extract` recomputes {named}" if report["repaired"] else
+                      f"{key}: once `featkit verify` sets the damage aside, `featkit extract` recomputes {named}",
+                      highlight=False)
     if report["problems"] and any(not p["ids"] for p in report["problems"]):
         console.print("rows whose ids were damaged too are recomputed by `featkit extract` like any missing row",
                       highlight=False)
