@@ -29,7 +29,7 @@ def info(
     if json_out:
         print_json(summary)
         return
-    console.print(f"[bold]{summary['path']}[/] ({summary['size_bytes'] / 1e6:.1f} MB)")
+    console.print(f"[bold]{summary['path']}[/] ({summary['size_bytes'] / 1e6:.1f} MB in {summary['files']} file(s))")
     table = Table()
     table.add_column("group", no_wrap=True)  # never cut short: it is what other commands take
     for column in ("rows", "done", "failed", "pending", "dim", "dtype"):
@@ -43,6 +43,8 @@ def info(
         console.print(f"{g['key']}: weights {g.get('weights')} (sha256 {str(g.get('weights_sha256'))[:10]}), "
                       f"resize {pre.get('resize_size')} → crop {pre.get('crop_size')} {pre.get('interpolation')}, "
                       f"updated {g.get('updated', '?')}", highlight=False)
+    if not all(g["checksummed"] for g in summary["groups"]):
+        console.print("written before checksums: `featkit verify` rewrites the store with them", highlight=False)
     if failures:
         for g in summary["groups"]:
             for image_id, error in g["failures"].items():
