@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from featkit import __version__
 from featkit.backbones import Backbone, create_backbone
-from featkit.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from featkit.data.images import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from featkit.data.manifest import Collection
 from featkit.errors import FeatkitError, choices_message
 from featkit.store import FeatureStore, GroupMeta
@@ -47,6 +47,7 @@ class ExtractSettings:
     retry_failed: bool = False
     channels_last: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_aspect: float = DEFAULT_MAX_ASPECT  # long side / short side; beyond it an image is a recorded failure
     storage_dtype: str = "float32"
     progress: bool = True
     checkpoint_seconds: float = 300.0
@@ -67,6 +68,8 @@ class ExtractSettings:
             raise FeatkitError(choices_message("device", self.device, DEVICES))
         if self.limit is not None and self.limit < 0:
             raise FeatkitError(f"limit must be 0 or more, got {self.limit}")
+        if self.max_aspect < 1:
+            raise FeatkitError(f"max aspect must be at least 1 (a square), got {self.max_aspect}")
         if self.storage_dtype not in ("float32", "float16"):
             raise FeatkitError(choices_message("storage dtype", self.storage_dtype, ("float32", "float16")))
         if self.engine not in ENGINES:
@@ -170,19 +173,22 @@ class ImageDataset(Dataset):
     """(position, uint8 tensor, error) per image; errors are returned, never raised."""
 
     def __init__(self, paths: Sequence[str], transform: Callable, crop_size: int, *,
-                 draft_size: int | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 draft_size: int | None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_aspect: float = DEFAULT_MAX_ASPECT) -> None:
         self.paths = list(paths)
         self.transform = transform
         self.crop_size = crop_size
         self.draft_size = draft_size
         self.max_pixels = max_pixels
+        self.max_aspect = max_aspect
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            img = load_image(self.paths[i], draft_size=self.draft_size, max_pixels=self.max_pixels)
+            img = load_image(self.paths[i], draft_size=self.draft_size, max_pixels=self.max_pixels,
+                             max_aspect=self.max_aspect)
             return i, self.transform(img), ""
         except ImageLoadError as err:
             error = str(err)
@@ -341,7 +347,7 @@ def _run(collection: Collection, backbone: Backbone, key: str, pending: list[str
     pre, tta = backbone.preprocess, create_tta(settings.tta)
     paths = [str(collection.path(i)) for i in pending]
     dataset = ImageDataset(paths, tta.image_transform(pre), tta.input_size(pre),
-                           draft_size=pre.resize_size, max_pixels=settings.max_pixels)
+                           draft_size=pre.resize_size, max_pixels=settings.max_pixels, max_aspect=settings.max_aspect)
     workers = default_workers(device) if settings.workers is None else settings.workers
     from featkit import gpu
 
