@@ -250,23 +250,24 @@ def test_a_format_this_pillow_cannot_decode_says_so(tmp_path, monkeypatch):
         load_image(str(tmp_path / "a\0b.jpg"))
 
 
-# Runs in a child: decodes files through the extraction dataset (MobileNetV2's 256 -> 224 preprocessing),
+# Runs in a child: decodes files as extraction does (load_image, then MobileNetV2's resize 256 + centre crop 224),
 # printing the peak RSS before and after each file and the seconds each took. The first file is a tiny
 # warm-up; files come in rising order of expected cost, so no earlier peak hides a later one.
 _PROBE = """
 import json, resource, sys, time
 from featkit.backbones import Preprocess
-from featkit.extract import ImageDataset
+from featkit.data.images import ImageLoadError, load_image
 pre = Preprocess()
-paths = sys.argv[1:]
-data = ImageDataset(paths, pre.image_transform(), pre.crop_size, draft_size=pre.resize_size)
-data[0]  # warm-up: lazy imports and allocator pools are not the hostile files' cost
+transform = pre.image_transform()
 rows = []
-for i in range(len(paths)):
+for path in sys.argv[1:]:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    _, image, error = data[i]
-    rows.append({"seconds": time.perf_counter() - start, "error": error, "shape": list(image.shape),
+    try:
+        shape, error = list(transform(load_image(path, draft_size=pre.resize_size)).shape), ""
+    except ImageLoadError as err:
+        shape, error = None, str(err)
+    rows.append({"seconds": time.perf_counter() - start, "error": error, "shape": shape,
                  "before_kib": before, "after_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
 print(json.dumps(rows))
 """
@@ -293,7 +294,7 @@ def test_hostile_sizes_fail_fast_within_bounded_memory(hostile, tmp_path):
     growth_mib = (hostile_rows[-1]["after_kib"] - hostile_rows[0]["before_kib"]) / 1024
     assert growth_mib < 16, f"refusing the hostile files raised peak RSS by {growth_mib:.0f} MiB"
     assert max(r["seconds"] for r in hostile_rows) < photo_row["seconds"]
-    # 51,200x256 resized from 20000x100: Pillow's 4-byte pixels make ~52 MB plus the pass between (measured +79 MiB)
+    # 51,200x256 resized from 20000x100: ~52 MB in Pillow's 4-byte pixels plus the pass between (measured +47 to +79 MiB)
     cap_mib = (cap_row["after_kib"] - cap_row["before_kib"]) / 1024
     assert cap_mib < 128, f"the largest image within the caps raised peak RSS by {cap_mib:.0f} MiB"
 
