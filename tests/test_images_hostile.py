@@ -52,7 +52,9 @@ def float_tiff(path: Path, arr: np.ndarray) -> None:
     data_at = extra_at + 4 * bands
 
     def short(tag: int, value: int, count: int = 1) -> bytes:
-        return struct.pack("<HHIHH", tag, 3, count, value, 0) if count == 1 else struct.pack("<HHII", tag, 3, count, value)
+        if count == 1:  # the value itself, left-justified in the entry
+            return struct.pack("<HHIHH", tag, 3, count, value, 0)
+        return struct.pack("<HHII", tag, 3, count, value)  # an offset to the values
 
     def long(tag: int, value: int) -> bytes:
         return struct.pack("<HHII", tag, 4, 1, value)
@@ -294,7 +296,8 @@ def test_hostile_sizes_fail_fast_within_bounded_memory(hostile, tmp_path):
     growth_mib = (hostile_rows[-1]["after_kib"] - hostile_rows[0]["before_kib"]) / 1024
     assert growth_mib < 16, f"refusing the hostile files raised peak RSS by {growth_mib:.0f} MiB"
     assert max(r["seconds"] for r in hostile_rows) < photo_row["seconds"]
-    # 51,200x256 resized from 20000x100: ~52 MB in Pillow's 4-byte pixels plus the pass between (measured +47 to +79 MiB)
+    # 51,200x256 resized from 20000x100: ~52 MB in Pillow's 4-byte pixels plus the pass between
+    # (measured +47 to +79 MiB)
     cap_mib = (cap_row["after_kib"] - cap_row["before_kib"]) / 1024
     assert cap_mib < 128, f"the largest image within the caps raised peak RSS by {cap_mib:.0f} MiB"
 
