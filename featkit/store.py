@@ -1459,7 +1459,8 @@ class StoreWriter:
         if len(ids) and features.shape[1] != self._dims[key]:
             raise FeatkitError(f"write_rows got {features.shape[1]}-dimensional rows for {key}, "
                                f"which holds {self._dims[key]}")
-        self._append(_rows_record(key, ids, features.reshape(len(ids), -1), failures),
+        rows = features if features.ndim == 2 else features.reshape(len(ids), -1)  # (0, dim) when all failed
+        self._append(_rows_record(key, ids, rows, failures),
                      f"a batch of {len(ids)} rows")
 
     def write_aux(self, key: str, name: str, data: np.ndarray, attrs: dict | None = None) -> None:

@@ -457,3 +457,15 @@ def test_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(FeatkitError, match="no feature store"):
         store.load(KEY)
     assert not store.path.parent.exists()  # reading created nothing
+
+
+def test_a_batch_whose_images_all_failed_is_recorded(tmp_path):
+    """Every image of a batch failed to decode: no rows, only failures (a (0, dim) feature block)."""
+    store = _store(tmp_path)
+    with store.writer() as w:
+        w.ensure_group(_meta(), IDS)
+        w.write_rows("toy/v1", np.array([], dtype=str), np.zeros((0, _meta().dim), np.float32),
+                     [(IDS[0], "not an image"), (IDS[1], "empty file (0 bytes)")])
+    status = store.status("toy/v1")
+    assert status["failures"] == {IDS[0]: "not an image", IDS[1]: "empty file (0 bytes)"}
+    assert not status["done"].any()

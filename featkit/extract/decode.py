@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from featkit.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from featkit.data.images import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
 
@@ -25,19 +25,22 @@ class ImageDataset(Dataset):
     """(position, uint8 tensor, error) per image; errors are returned, never raised."""
 
     def __init__(self, paths: Sequence[str], transform: Callable, crop_size: int, *,
-                 draft_size: int | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 draft_size: int | None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_aspect: float = DEFAULT_MAX_ASPECT) -> None:
         self.paths = list(paths)
         self.transform = transform
         self.crop_size = crop_size
         self.draft_size = draft_size
         self.max_pixels = max_pixels
+        self.max_aspect = max_aspect
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            img = load_image(self.paths[i], draft_size=self.draft_size, max_pixels=self.max_pixels)
+            img = load_image(self.paths[i], draft_size=self.draft_size, max_pixels=self.max_pixels,
+                             max_aspect=self.max_aspect)
             return i, self.transform(img), ""
         except ImageLoadError as err:
             error = str(err)

@@ -65,9 +65,10 @@ def ray_device(settings: ExtractSettings) -> tuple[torch.device, str]:
     return device, _ray().get(probe.remote())
 
 
-def _decode(batch: dict, *, transform, size: int, draft_size: int, max_pixels: int) -> dict:
+def _decode(batch: dict, *, transform, size: int, draft_size: int, max_pixels: int, max_aspect: float) -> dict:
     """Ray task: paths -> uint8 images and error strings (empty when decoded)."""
-    dataset = ImageDataset(list(batch["path"]), transform, size, draft_size=draft_size, max_pixels=max_pixels)
+    dataset = ImageDataset(list(batch["path"]), transform, size, draft_size=draft_size, max_pixels=max_pixels,
+                           max_aspect=max_aspect)
     items = [dataset[i] for i in range(len(dataset))]
     return {
         "position": np.asarray(batch["position"], dtype=np.int64),
@@ -136,7 +137,8 @@ class RayEngine(Engine):
         ds = ds.map_batches(_decode, batch_format="numpy", batch_size=settings.batch_size, num_cpus=1,
                             memory=decode_bytes,
                             fn_kwargs={"transform": tta.image_transform(pre), "size": tta.input_size(pre),
-                                       "draft_size": pre.resize_size, "max_pixels": settings.max_pixels})
+                                       "draft_size": pre.resize_size, "max_pixels": settings.max_pixels,
+                                       "max_aspect": settings.max_aspect})
         ds = ds.map_batches(
             _Embedder, batch_format="numpy", batch_size=settings.batch_size,
             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0, num_cpus=1,

@@ -129,7 +129,7 @@ def decoder(paths: Sequence[str], backbone: Backbone, settings: ExtractSettings)
     """The PIL decoder for ``paths`` as ``settings`` (TTA input size, pixel ceiling) and the backbone ask."""
     pre, tta = backbone.preprocess, create_tta(settings.tta)
     return ImageDataset(list(paths), tta.image_transform(pre), tta.input_size(pre), draft_size=pre.resize_size,
-                        max_pixels=settings.max_pixels)
+                        max_pixels=settings.max_pixels, max_aspect=settings.max_aspect)
 
 
 def split_batch(ids: np.ndarray, positions, errors, features_of, dim: int) -> EmbeddedBatch:

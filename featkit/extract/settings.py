@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from featkit.data.images import DEFAULT_MAX_PIXELS
+from featkit.data.images import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
 from featkit.errors import FeatkitError, choices_message
 from featkit.extract.engines import list_engines
 from featkit.extract.tta import create_tta
@@ -26,6 +26,7 @@ class ExtractSettings:
     retry_failed: bool = False
     channels_last: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_aspect: float = DEFAULT_MAX_ASPECT  # long side / short side; beyond it an image is a recorded failure
     storage_dtype: str = "float32"
     progress: bool = True
     checkpoint_seconds: float = 300.0
@@ -46,6 +47,8 @@ class ExtractSettings:
             raise FeatkitError(choices_message("device", self.device, DEVICES))
         if self.limit is not None and self.limit < 0:
             raise FeatkitError(f"limit must be 0 or more, got {self.limit}")
+        if self.max_aspect < 1:
+            raise FeatkitError(f"max aspect must be at least 1 (a square), got {self.max_aspect}")
         if self.storage_dtype not in STORAGE_DTYPES:
             raise FeatkitError(choices_message("storage dtype", self.storage_dtype, STORAGE_DTYPES))
         if self.engine not in list_engines():
