@@ -86,33 +86,32 @@ def subset_collection(out: Path, name: str, *, max_images: int | None, seed: int
     return config
 
 
-def default_split(collection, tasks: tuple[str, ...], seed: int):
+def default_split(manifest, tasks: tuple[str, ...], seed: int):
     """The split ``featkit finetune`` makes with its default fractions."""
     from featkit.finetune import FinetuneSettings
     from featkit.finetune.splits import make_split
 
     d = FinetuneSettings()
-    return make_split(collection, tasks[0], val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=seed)
+    return make_split(manifest, tasks[0], val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=seed)
 
 
 # -- the three methods --------------------------------------------------------------------------
-def frozen_probe(config, collection, split, tasks, *, image_size: int, progress: bool) -> dict[str, float | None]:
+def frozen_probe(config, manifest, split, tasks, *, image_size: int, progress: bool) -> dict[str, float | None]:
     """logreg on frozen embeddings at ``image_size``, trained on the train + val rows."""
-    from featkit.backbones import create_backbone
-    from featkit.extract import ExtractSettings, extract
-    from featkit.finetune.data import training_preprocess
+    from featkit.backbones.variants import load_backbone
+    from featkit.extract import ExtractSettings
+    from featkit.extract.cache import extract
     from featkit.finetune.probe import probe
     from featkit.store import FeatureStore
 
-    net = create_backbone("mobilenet_v2")
-    net.preprocess = training_preprocess(net.preprocess, image_size)
+    default = load_backbone("mobilenet_v2")
+    net = load_backbone("mobilenet_v2", variant=f"{default.weights}-{image_size}px")
     store = FeatureStore(config.store_path)
-    key = extract(collection, net, store=store, variant=f"{net.weights}-{image_size}px",
-                  settings=ExtractSettings(progress=progress)).key
-    return {task: probe(store, key, collection, task, split) for task in tasks}
+    key = extract(manifest, net, store=store, settings=ExtractSettings(progress=progress)).key
+    return {task: probe(store, key, manifest, task, split) for task in tasks}
 
 
-def plain_recipe(collection, train_rows, test_rows, tasks, *, epochs: int, image_size: int,
+def plain_recipe(manifest, train_rows, test_rows, tasks, *, epochs: int, image_size: int,
                  seed: int = 0) -> dict[str, float | None]:
     """A plain PyTorch fine-tune: the loop a practitioner writes first (no early stopping, no schedule)."""
     import torch
@@ -124,7 +123,7 @@ def plain_recipe(collection, train_rows, test_rows, tasks, *, epochs: int, image
     from featkit.finetune.data import encode_targets
     from featkit.finetune.report import balanced_accuracy
 
-    classes, targets = encode_targets(collection, tasks)
+    classes, targets = encode_targets(manifest, tasks)
     torch.manual_seed(seed)
     trunk = create_backbone("mobilenet_v2")  # torchvision's mobilenet_v2, classifier removed, ImageNet weights
     heads = torch.nn.ModuleList(torch.nn.Linear(trunk.dim, len(classes[t])) for t in tasks)
@@ -142,7 +141,7 @@ def plain_recipe(collection, train_rows, test_rows, tasks, *, epochs: int, image
 
         def __getitem__(self, i):
             row = self.rows[i]
-            image = Image.open(collection.path(collection.ids[row])).convert("RGB")
+            image = Image.open(manifest.path(manifest.ids[row])).convert("RGB")
             return self.tf(image), torch.from_numpy(targets[row])
 
     loader = torch.utils.data.DataLoader(Rows(train_rows, train_tf), batch_size=32, shuffle=True, drop_last=True,
@@ -167,44 +166,44 @@ def plain_recipe(collection, train_rows, test_rows, tasks, *, epochs: int, image
     return {t: balanced_accuracy(true[true[:, j] >= 0, j], pred[true[:, j] >= 0, j]) for j, t in enumerate(tasks)}
 
 
-def featkit_finetune(config, collection, split, tasks, *, epochs: int, image_size: int, seed: int,
+def featkit_finetune(config, manifest, split, tasks, *, epochs: int, image_size: int, seed: int,
                      progress: bool) -> tuple[dict[str, float | None], dict]:
     """``featkit finetune --epochs N --image-size S`` with every other setting at its default."""
     from featkit.finetune import FinetuneSettings, finetune
 
     settings = FinetuneSettings(tasks=tasks, run="bench", epochs=epochs, image_size=image_size, seed=seed,
                                 progress=progress)
-    report = finetune(config, collection, settings=settings, split=split, overwrite=True).report
+    report = finetune(config, manifest, settings=settings, split=split, overwrite=True).report
     return {r["task"]: r["metrics"]["balanced_accuracy"] for r in report["tasks"]}, report
 
 
 # -- one dataset, all methods -------------------------------------------------------------------
 def run_dataset(out: Path, name: str, *, max_images: int | None, epochs: int, image_size: int, seed: int = 0,
                 progress: bool = True) -> dict:
-    from featkit.data import load_collection
+    from featkit.data import load_manifest
 
     tasks = SOURCES[name].tasks
     config = subset_collection(out / name, name, max_images=max_images, seed=seed)
-    collection = load_collection(config)
-    split = default_split(collection, tasks, seed)
+    manifest = load_manifest(config)
+    split = default_split(manifest, tasks, seed)
     fit_rows = np.sort(np.concatenate([split.train, split.val]))
     scores: dict[str, dict] = {}
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
-    scores["frozen_probe"] = frozen_probe(config, collection, split, tasks, image_size=image_size, progress=progress)
+    scores["frozen_probe"] = frozen_probe(config, manifest, split, tasks, image_size=image_size, progress=progress)
     seconds["frozen_probe"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    scores["plain_recipe"] = plain_recipe(collection, fit_rows, split.test, tasks, epochs=epochs,
+    scores["plain_recipe"] = plain_recipe(manifest, fit_rows, split.test, tasks, epochs=epochs,
                                           image_size=image_size, seed=seed)
     seconds["plain_recipe"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    scores["featkit"], report = featkit_finetune(config, collection, split, tasks, epochs=epochs,
+    scores["featkit"], report = featkit_finetune(config, manifest, split, tasks, epochs=epochs,
                                                  image_size=image_size, seed=seed, progress=progress)
     seconds["featkit"] = time.perf_counter() - start
-    return {"dataset": name, "images": len(collection), "split": split.sizes(), "tasks": list(tasks),
+    return {"dataset": name, "images": len(manifest), "split": split.sizes(), "tasks": list(tasks),
             "balanced_accuracy": {t: {m: scores[m][t] for m in scores} for t in tasks},
             "seconds": {m: round(s, 1) for m, s in seconds.items()},
             "featkit": {"best_epoch": report["best_epoch"], "epochs_run": report["epochs_run"],

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from featkit.errors import FeatkitError
 
@@ -65,8 +67,10 @@ def render_markdown(report: dict) -> str:
         f"{report['rebalance']['reason']})",
         f"- pca: {report['pca']['used'] or 'none'} ({report['pca']['reason']})",
         f"- rows: {report['rows']['used']} used, {report['rows']['unknown']} unknown label, "
-        f"{report['rows']['missing_features']} without features; train ≈ {report['n_train']} per fold, "
-        f"{report['n_test']} evaluated",
+        f"{report['rows']['missing_features']} without features"
+        + (f", {report['rows']['excluded_trunk_training']} left out (the fine-tuned trunk trained on them)"
+           if report["rows"].get("excluded_trunk_training") else "")
+        + f"; train ≈ {report['n_train']} per fold, {report['n_test']} evaluated",
         f"- fit {report['fit_seconds']:.2f} s (all folds), predict {report['predict_ms_per_image']:.3f} ms/image",
         "",
         "| metric | value |",
@@ -94,6 +98,21 @@ def render_markdown(report: dict) -> str:
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+def write_run(run_dir: Path, report: dict, predictions: pd.DataFrame, *, plot: bool,
+              extra_files: list[str] = ()) -> None:
+    """A fit run's files: report.json (written last, atomically), report.md, predictions.csv, the confusion PNG."""
+    files = ["report.json", "report.md", "predictions.csv"]
+    if plot:
+        plot_confusion(report, run_dir / "confusion_matrix.png")
+        files.append("confusion_matrix.png")
+    report["files"] = files + list(extra_files)
+    predictions.to_csv(run_dir / "predictions.csv", index=False, float_format="%.5f")
+    (run_dir / "report.md").write_text(render_markdown(report))
+    tmp = run_dir / f".report.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    tmp.replace(run_dir / "report.json")
 
 
 def _row(report: dict, run_dir: Path) -> dict:

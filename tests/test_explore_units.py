@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from featkit.errors import FeatkitError
-from featkit.explore.embeddings import group_codes
+from featkit.embeddings import group_codes
 from featkit.explore.duplicates import label_conflicts, leak_reasons
 from featkit.explore.html import page_data, render_page
 from featkit.explore.label_issues import confident_learning
@@ -345,20 +345,17 @@ def test_html_page_script_runs_hover_filter_and_task_switch(tmp_path):
     assert "of 40 points shown" in out["stats"]
 
 
-@pytest.mark.parametrize("heads_installed", [True, False])
-def test_out_of_fold_probabilities_find_flipped_labels(heads_installed, monkeypatch):
-    """featkit.evaluate's group-aware folds, or plain sklearn when the heads module is missing."""
+def test_out_of_fold_probabilities_find_flipped_labels():
+    """featkit.evaluate's group-aware folds: both views of an object are predicted by a head that saw neither."""
     from featkit.explore.label_issues import LabelIssueSettings, out_of_fold
 
-    if not heads_installed:
-        monkeypatch.setitem(sys.modules, "featkit.evaluate", None)
     X, y = clusters(20, 3, 16, spread=0.4, seed=5)
     y = y.astype(object)
     groups = np.array([f"o{i // 2}" for i in range(len(y))], dtype=object)
     flipped = [0, 1, 30, 31]  # both views of two objects
     y[[0, 1]], y[[30, 31]] = "c2", "c0"
     proba, classes, source = out_of_fold(X, y, groups, LabelIssueSettings(C=0.1))
-    assert ("out_of_fold_proba" in source) == heads_installed and classes == ["c0", "c1", "c2"]
+    assert "out_of_fold_proba" in source and classes == ["c0", "c1", "c2"]
     assert proba.shape == (60, 3) and np.allclose(proba.sum(axis=1), 1)
     issues = confident_learning(proba, y, classes)
     assert set(flipped) <= set(issues.issues["position"]) and len(issues.issues) <= 6
@@ -390,3 +387,33 @@ def test_umap_jit_cache_survives_between_processes():
     second = runs[1]
     assert second["cache_dir"] == second["default"] and second["default"].endswith("featkit/numba")
     assert second["hits"] >= 1 and second["misses"] == 0
+
+
+# -- clusters ------------------------------------------------------------------------------
+def test_clusters_follow_the_task_the_embedding_separates_and_flag_a_mixed_cluster(tmp_path):
+    """Six planted visual kinds: 'shape' follows them; 'era' is spread across them; one kind carries two
+    labels of 'shape' half and half — the cluster that cuts across labels."""
+    from featkit.data.manifest import Manifest
+    from featkit.embeddings import Embeddings
+    from featkit.explore.clusters import ClusterSettings, cluster_embeddings
+
+    X, kind = clusters(40, 6, 24, spread=0.25, seed=3)
+    shape = kind.astype(object).copy()
+    mixed = np.flatnonzero(kind == "c5")
+    shape[mixed[::2]] = "c4"  # kind c5 is labelled c4 half the time
+    era = np.array(["early", "late"] * 120, dtype=object)  # independent of the picture
+    ids = np.array([f"img/{i:03d}.jpg" for i in range(len(X))])
+    manifest = Manifest(name="planted", root=tmp_path, ids=ids, labels={"shape": shape, "era": era})
+    emb = Embeddings(key="toy/v1", ids=ids, X=X, manifest=manifest, rows=np.arange(len(ids)))
+    found = cluster_embeddings(emb, ClusterSettings(candidates=(3, 6, 9)))
+    assert found.k == 6 and max(found.silhouettes, key=found.silhouettes.get) == 6
+    agreement = found.agreement()
+    assert agreement.loc["shape", "ami"] > 0.8 and agreement.loc["era", "ami"] < 0.05
+    profile = found.profile("shape")
+    top = profile.index[0]  # the most mixed cluster is kind c5's
+    assert set(np.flatnonzero(found.labels == top)) == set(mixed)
+    assert profile.loc[top, "entropy_bits"] == pytest.approx(1.0, abs=0.01) and profile["entropy_bits"].iloc[1] == 0
+    spread = found.spread("shape")
+    assert spread.index[0] == "c4" and spread.loc["c4", "clusters"] == 2  # c4 lives in its own cluster and c5's
+    members = found.members(top, 5)
+    assert len(members) == 5 and set(members) <= set(mixed)
