@@ -28,6 +28,7 @@ import numpy as np
 
 from featkit.backbones.registry import RANDOM, parse_name
 from featkit.errors import FeatkitError
+from featkit.paths import MAX_BYTES, safe_name
 from featkit.registry import Registry
 
 if TYPE_CHECKING:
@@ -112,6 +113,8 @@ def load_backbone(name: str, *, weights: str | None = None, variant: str | None 
 
     if not variant:
         return create_backbone(name, weights=weights, seed=seed)
+    # a store group, and a folder of segments: room for finetuned-<64-byte run>+tta-<mode>
+    safe_name(variant, what="variant", max_bytes=2 * MAX_BYTES)
     base = split_tta(variant)[0]
     sized = _SIZE.match(base)
     if sized:
