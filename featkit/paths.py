@@ -101,8 +101,8 @@ def disk_error(err: OSError, path: Path | None = None, *, fix: str = "", writing
     elsewhere = f", or {fix}" if fix else ""
     if err.errno in _FULL:
         folder = f" of {where.parent}" if where is not None else ""
-        return FeatkitError(f"no space left on the disk{folder} while writing{what}; free some space{elsewhere} "
-                            "and rerun (files written before are unchanged)")
+        return FeatkitError(f"no space left on the disk{folder} while writing{what}; free some space{elsewhere}"
+                            f"{',' if fix else ''} and rerun (files written before are unchanged)")
     if err.errno == errno.EROFS or (writing and err.errno in (errno.EACCES, errno.EPERM)):
         return FeatkitError(f"cannot write{what}: {reason}; make the folder writable{elsewhere}")
     if err.errno == errno.ENAMETOOLONG:
@@ -154,5 +154,5 @@ def new_folder(folder: Path, *, fix: str = "") -> Iterator[Path]:
         if made:
             shutil.rmtree(folder, ignore_errors=True)
         if isinstance(err, OSError):
-            raise disk_error(err, fix=fix) from None
+            raise disk_error(err, Path(err.filename) if err.filename else folder, fix=fix) from None
         raise

@@ -16,22 +16,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
-from featkit.config import Config
+from _toy import toy_collection
 from featkit.paths import MAX_BYTES, is_safe, slug
-from featkit.store import FeatureStore, GroupMeta
 from featkit_cli.main import app
-from test_store import _meta
 
 # CJK task names and 200-character class names in figure titles
 pytestmark = [pytest.mark.filterwarnings("ignore:Glyph .* missing from font"),
               pytest.mark.filterwarnings("ignore:Tight layout not applied")]
 runner = CliRunner()
-N = 36
 CLASSES = (("a/b", "../x", ".."), (".", "/etc/passwd", "c" * 200))  # labels of even and odd tasks
 
 
@@ -43,28 +38,9 @@ def _tasks(outside: Path) -> list[str]:
 def coll(tmp_path_factory):
     """(collection folder, the folder above it, its task names) with a store of 36 separable rows."""
     above = tmp_path_factory.mktemp("above")
-    root = above / "coll"
-    (root / "images").mkdir(parents=True)
     tasks = _tasks(above)
-    ids = [f"images/{i:02d}.png" for i in range(N)]
-    rows = []
-    for i, image_id in enumerate(ids):
-        Image.new("RGB", (8, 8), (7 * i, 0, 0)).save(root / image_id)
-        rows.append([image_id, *(CLASSES[t % 2][i % 3] for t in range(len(tasks)))])
-    import csv
-
-    with open(root / "labels.csv", "w", newline="", encoding="utf-8") as fh:
-        csv.writer(fh).writerows([["image", *tasks], *rows])
-    config = Config(root=root, name="hostile", manifest=Path("labels.csv"), tasks=tuple(tasks))
-    config.write()
-    meta: GroupMeta = _meta(dim=8)
-    rng = np.random.default_rng(0)
-    X = np.array([np.eye(8)[i % 3] * 3 + rng.normal(0, 0.3, 8) for i in range(N)], np.float32)
-    store = FeatureStore(config.store_path)
-    with store.writer() as w:
-        w.ensure_group(meta, ids)
-        w.write_rows("toy/v1", ids, X)
-    return root, above, tasks
+    config = toy_collection(above / "coll", tasks, lambda t, i: CLASSES[t % 2][i % 3])
+    return config.root, above, tasks
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
