@@ -153,8 +153,12 @@ def test_default_finetune_run_name_from_path_like_tasks_is_safe():
     (["fit", "--task", "../../../etc"], "unknown task '../../../etc'"),
     (["extract", "--variant", "../x", "--limit", "0"], "variant '../x' cannot be used as a file name"),
     (["extract", "--variant", "a/b", "--limit", "0"], "variant 'a/b' cannot be used as a file name"),
+    (["fit", "--task", "ok", "-p", "C=abc"], "--param C=abc: C of head 'logreg' takes a number (e.g. C=0.0001), "
+                                             "got 'abc'"),
+    (["fit", "--task", "ok", "--clf", "lgbm", "-p", "num_leaves=7.5"], "num_leaves of head 'lgbm' takes a whole "
+                                                                        "number"),
 ])
-def test_flags_that_name_no_column_or_an_unsafe_variant_are_one_line_errors(coll, args, expected):
+def test_bad_flags_are_one_line_errors_that_write_nothing(coll, args, expected):
     result, written = _run(coll, *args)
     assert expected in _one_line_error(result)
     assert not written
