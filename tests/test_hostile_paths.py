@@ -153,6 +153,7 @@ def test_default_finetune_run_name_from_path_like_tasks_is_safe():
     (["fit", "--task", "../../../etc"], "unknown task '../../../etc'"),
     (["extract", "--variant", "../x", "--limit", "0"], "variant '../x' cannot be used as a file name"),
     (["extract", "--variant", "a/b", "--limit", "0"], "variant 'a/b' cannot be used as a file name"),
+    (["extract", "--variant", "釉" * 30, "--limit", "0"], "at most 78 bytes"),  # percent-encoded in the store
     (["fit", "--task", "ok", "-p", "C=abc"], "--param C=abc: C of head 'logreg' takes a number (e.g. C=0.0001), "
                                              "got 'abc'"),
     (["fit", "--task", "ok", "--clf", "lgbm", "-p", "num_leaves=7.5"], "num_leaves of head 'lgbm' takes a whole "
