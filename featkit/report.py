@@ -163,7 +163,6 @@ def collect_runs(runs_dir: Path, *, task: str | None = None) -> list[dict]:
 
 def write_runs_csv(rows: list[dict], path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with new_file(path, fix="pass --csv FILE to write elsewhere") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(RUN_COLUMNS))
         writer.writeheader()
