@@ -24,7 +24,7 @@ import pandas as pd
 
 from featkit.embeddings import Embeddings
 from featkit.errors import FeatkitError, choices_message
-from featkit.paths import slug
+from featkit.paths import EXPLORE_ELSEWHERE, new_file, slug
 
 RANK_BY = ("self_confidence", "margin")
 
@@ -152,7 +152,7 @@ def find_label_issues(emb: Embeddings, task: str, *, settings: LabelIssueSetting
     frame.insert(1, "id", data.ids[pos].astype(str))
     frame.insert(2, "path", [str(p) for p in emb.paths(data.index[pos])])
     out = Path(out) if out else emb.explore_dir
-    out.mkdir(parents=True, exist_ok=True)
     csv = out / f"label_issues_{slug(task)}.csv"
-    frame.to_csv(csv, index=False)
+    with new_file(csv, fix=EXPLORE_ELSEWHERE) as tmp:
+        frame.to_csv(tmp, index=False)
     return LabelIssueReport(key=emb.key, task=task, result=result, frame=frame, csv=csv)
