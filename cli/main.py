@@ -8,6 +8,7 @@ from . import backbones, demo, extract, info, init, weights
 from . import fit, predict, report
 from . import finetune
 from . import duplicates, label_issues, outliers, rank, separability, umap
+from . import corrections
 
 app = typer.Typer(
     name="featkit",
@@ -32,6 +33,7 @@ app.command("outliers")(outliers.outliers)
 app.command("label-issues")(label_issues.label_issues)
 app.command("duplicates")(duplicates.duplicates)
 app.command("rank")(rank.rank)
+app.add_typer(corrections.app, name="corrections")
 
 
 def main() -> None:
