@@ -8,7 +8,7 @@ from . import backbones, demo, extract, info, init, weights
 from . import fit, predict, report
 from . import finetune
 from . import duplicates, label_issues, outliers, rank, separability, umap
-from . import corrections, similar
+from . import corrections, serve, similar
 
 app = typer.Typer(
     name="featkit",
@@ -34,6 +34,7 @@ app.command("label-issues")(label_issues.label_issues)
 app.command("duplicates")(duplicates.duplicates)
 app.command("rank")(rank.rank)
 app.command("similar")(similar.similar)
+app.command("serve")(serve.serve)
 app.add_typer(corrections.app, name="corrections")
 
 
