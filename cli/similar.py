@@ -9,7 +9,6 @@ from rich.table import Table
 
 from ._common import ConfigOpt, JsonOpt, console, friendly, print_json
 from ._explore import BackboneOpt, VariantOpt, fmt, open_collection, text
-from featkit.explore.similar import SimilarSettings, similar_images
 
 
 @friendly
@@ -24,14 +23,15 @@ def similar(
     json_out: bool = JsonOpt,
 ) -> None:
     """Top-k images by cosine similarity of their cached embeddings; a new file is embedded like the store's rows."""
+    from featkit.serve.backend import search_images
+
     config, collection, (key,) = open_collection(config_dir, backbone=backbone, variant=variant)
-    frame = similar_images(config, query, key=key, settings=SimilarSettings(k=k, task=task, label=label),
-                           collection=collection)
+    frame = search_images(config, query, key=key, k=k, task=task, label=label)
     if json_out:
         print_json({"query": query, "key": key, "results": frame.to_dict(orient="records")})
         return
     tasks = list(collection.tasks)
     table = Table("rank", "score", "image", *tasks, title=f"{key}: {len(frame)} images most similar to {text(query)}")
-    for row in frame.to_dict(orient="records"):
-        table.add_row(str(row["rank"]), fmt(row["score"], 4), text(row["id"]), *(text(row[t]) for t in tasks))
+    for rank, row in enumerate(frame.to_dict(orient="records"), 1):
+        table.add_row(str(rank), fmt(row["score"], 4), text(row["id"]), *(text(row[t]) for t in tasks))
     console.print(table)

@@ -14,7 +14,8 @@ import hashlib
 import json
 import tempfile
 import threading
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,8 @@ from featkit.data.corrections import (append_corrections, apply_corrections, cor
 from featkit.data.images import ImageLoadError, load_image
 from featkit.data.manifest import load_collection
 from featkit.errors import FeatkitError, choices_message
-from featkit.explore.embeddings import resolve_keys, store_of
-from featkit.explore.similar import ImageSearch, SimilarSettings, embed_files, label_mask, top_k
+from featkit.explore.embeddings import Embeddings, load_embeddings, resolve_key, resolve_keys, store_of
+from featkit.explore.neighbors import l2_normalize
 from featkit.explore.umap import UmapSettings, umap_coordinates
 
 QUEUES = ("uncertain", "label-issues", "outliers", "duplicates", "leaks")
@@ -84,13 +85,18 @@ def _plain(value):
 
 @dataclass
 class _View:
-    """One store group: exact search over its rows and their UMAP coordinates, in the same order."""
+    """One store group: its embedded rows (L2-normalised once) and their UMAP coordinates, in the same order."""
 
     key: str
-    search: ImageSearch
+    emb: Embeddings
     coords: np.ndarray
-    rows: np.ndarray  # position of each embedded image in the collection
+    row_of: dict[str, int]  # image id -> row of emb
     clusters: np.ndarray | None = None
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Position of each embedded image in the collection."""
+        return self.emb.rows
 
 
 @dataclass
@@ -156,13 +162,20 @@ class Workbench:
         key = self._key(key)
         with self._compute:
             if key not in self._views:
-                search = ImageSearch.load(self.config, key=key, collection=self.collection)
+                emb = load_embeddings(self.config, key=key, collection=self.collection)
+                emb = replace(emb, X=l2_normalize(emb.X))  # cosine = dot product from here on
                 result = umap_coordinates(self.config, key=key, settings=UmapSettings(png=False, html=False),
                                           collection=self.collection)
                 where = {str(i): n for n, i in enumerate(result.ids)}
-                order = np.array([where[str(i)] for i in search.emb.ids])
-                self._views[key] = _View(key=key, search=search, coords=result.coords[order], rows=search.emb.rows)
+                order = np.array([where[str(i)] for i in emb.ids])
+                self._views[key] = _View(key=key, emb=emb, coords=result.coords[order],
+                                         row_of={str(i): r for r, i in enumerate(emb.ids)})
             return self._views[key]
+
+    def current(self, view: _View) -> Embeddings:
+        """``view``'s embeddings with today's labels (the corrections file applied), for searches filtered by label."""
+        labels, _ = self.labels()
+        return replace(view.emb, collection=replace(self.collection, labels=labels))
 
     def labels(self) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
         """Every task's labels with the corrections file applied, and its latest decisions (re-read when it changes)."""
@@ -223,7 +236,7 @@ class Workbench:
         """Column-oriented rows of the map: id, x, y, label, prediction, confidence, correct, group, split, corrected."""
         task, view = self._task(task), self.view(key)
         labels, decisions = self.labels()
-        ids = view.search.emb.ids.astype(str)
+        ids = view.emb.ids.astype(str)
         given = labels[task][view.rows]
         run = self.run(task, view.key)
         prediction = [None] * len(ids)
@@ -236,7 +249,7 @@ class Workbench:
             confidence = [round(float(c), 4) if h else None for c, h in zip(preds["confidence"], held_out)]
             correct = [bool(p == y) if h else None for p, y, h in zip(preds["predicted"], preds["label"], held_out)]
         corrected = set(decisions.loc[decisions["task"] == task, "id"])
-        emb = view.search.emb
+        emb = view.emb
         return {
             "key": view.key, "task": task, "n": len(ids),
             "run": run.folder.name if run else None,
@@ -262,7 +275,7 @@ class Workbench:
                 n = len(view.rows)
                 k = int(np.clip(round(np.sqrt(n / 4)), 2, 40))
                 model = MiniBatchKMeans(n_clusters=min(k, n), random_state=0, n_init=3, batch_size=2048)
-                view.clusters = model.fit_predict(view.search.Xn)
+                view.clusters = model.fit_predict(view.emb.X)
         return {"key": view.key, "k": int(view.clusters.max()) + 1, "cluster": view.clusters.tolist()}
 
     def item(self, image_id: str, key: str | None = None) -> dict:
@@ -286,12 +299,8 @@ class Workbench:
         same_group = []
         if coll.groups is not None and coll.groups[row] is not None:
             same_group = [i for i, g in zip(coll.ids, coll.groups) if g == coll.groups[row] and i != image_id][:24]
-        neighbors, embedded = [], image_id in view.search
-        if embedded:
-            search = view.search
-            r = search.row_of(image_id)
-            rows, scores = top_k(search.Xn, search.Xn[r], self.settings.neighbors, exclude=r)
-            neighbors = self._results(view, rows, scores, labels)
+        embedded = image_id in view.row_of
+        neighbors = self._results(similar(self.current(view), image_id, k=self.settings.neighbors)) if embedded else []
         return {"id": image_id, "key": view.key, "embedded": embedded,
                 "group": coll.groups[row] if coll.groups is not None else None,
                 "split": coll.split[row] if coll.split is not None else None,
@@ -310,45 +319,41 @@ class Workbench:
         return {**info, "held_out": True, "predicted": row["predicted"], "confidence": round(float(row["confidence"]), 4),
                 "probabilities": top}
 
-    def _results(self, view: _View, rows: np.ndarray, scores: np.ndarray, labels: dict) -> list[dict]:
-        emb = view.search.emb
+    def _results(self, frame: pd.DataFrame) -> list[dict]:
+        """Search results (:func:`similar`'s frame) as JSON rows with every task's label, group and split."""
+        coll = self.collection
         out = []
-        for r, s in zip(rows, scores):
-            pos = emb.rows[r]
-            out.append({"id": str(emb.ids[r]), "score": round(float(s), 4),
-                        "labels": {t: labels[t][pos] for t in self.collection.tasks},
-                        "group": emb.groups[r] if emb.groups is not None else None,
-                        "split": emb.split[r] if emb.split is not None else None})
+        for pos, r in zip(coll.index_of(frame["id"]), frame.to_dict(orient="records")):
+            out.append({"id": r["id"], "score": round(float(r["score"]), 4),
+                        "labels": {t: r[t] for t in coll.tasks},
+                        "group": coll.groups[pos] if coll.groups is not None else None,
+                        "split": coll.split[pos] if coll.split is not None else None})
         return out
 
     # -- search by image ----------------------------------------------------------------
-    def _similar_settings(self, k, task, label) -> SimilarSettings:
+    def _search_options(self, k, task, label) -> dict:
         try:
             k = int(k) if k not in (None, "") else 12
         except (TypeError, ValueError):
             raise FeatkitError(f"k must be a whole number, got {k!r}") from None
         if not 1 <= k <= 500:
             raise FeatkitError(f"k must be between 1 and 500, got {k}")
-        settings = SimilarSettings(k=k, task=task or None, label=label or None)
-        settings.validate(self.collection.tasks)
-        return settings
-
-    def _search(self, view: _View, vector, settings: SimilarSettings, exclude: int | None) -> list[dict]:
-        labels, _ = self.labels()
-        allowed = None
-        if settings.task is not None:
-            allowed = label_mask(labels[settings.task][view.rows], settings.label)
-        rows, scores = top_k(view.search.Xn, vector, settings.k, exclude=exclude, allowed=allowed)
-        return self._results(view, rows, scores, labels)
+        if label and not task:
+            raise FeatkitError(f"filtering by label {label!r} needs a task; pass one of: "
+                               f"{', '.join(self.collection.tasks)}")
+        if task:
+            self._task(task)
+        return {"k": k, "task": task or None, "label": label or None}
 
     def similar(self, image_id: str, *, k=None, task=None, label=None, key: str | None = None) -> dict:
         """Top-k images most cosine-similar to a collection image (never itself), optionally of one task/label."""
         self._row(image_id)
         view = self.view(key)
-        settings = self._similar_settings(k, task, label)
-        r = view.search.row_of(image_id)
-        return {"query": {"id": image_id}, "key": view.key, "k": settings.k, "task": settings.task,
-                "label": settings.label, "results": self._search(view, view.search.Xn[r], settings, exclude=r)}
+        options = self._search_options(k, task, label)
+        if image_id not in view.row_of:
+            raise NotFound(f"image {image_id!r} has no embedding in {view.key} (it failed to decode)")
+        return {"query": {"id": image_id}, "key": view.key, **options,
+                "results": self._results(similar(self.current(view), image_id, **options))}
 
     def similar_upload(self, data: bytes, *, filename: str = "upload", k=None, task=None, label=None,
                        key: str | None = None) -> dict:
@@ -358,7 +363,7 @@ class Workbench:
         if len(data) > self.settings.max_upload_bytes:
             raise FeatkitError(f"the upload has {len(data):,} bytes; the limit is {self.settings.max_upload_bytes:,}")
         view = self.view(key)
-        settings = self._similar_settings(k, task, label)
+        options = self._search_options(k, task, label)
         with tempfile.TemporaryDirectory(prefix="featkit-upload-") as tmp:
             path = Path(tmp) / "query"
             path.write_bytes(data)
@@ -369,8 +374,9 @@ class Workbench:
             X, errors = embed_files(self.config, view.key, [path])
         if errors:
             raise BadImage(f"cannot use the upload: {errors[0]}")
-        return {"query": {"upload": Path(filename).name[:200]}, "key": view.key, "k": settings.k,
-                "task": settings.task, "label": settings.label, "results": self._search(view, X[0], settings, None)}
+        frame = similar(self.current(view), X[0], exclude_self=False, **options)
+        return {"query": {"upload": Path(filename).name[:200]}, "key": view.key, **options,
+                "results": self._results(frame)}
 
     # -- review queues ----------------------------------------------------------------
     def review(self, queue: str, *, task: str | None = None, key: str | None = None) -> dict:
@@ -542,6 +548,100 @@ class Workbench:
         img.save(tmp, format="JPEG", quality=85)
         tmp.replace(target)
         return target
+
+
+# -- search by image -----------------------------------------------------------------------
+# A stand-in with the signature of main's coming featkit.explore.similar.similar (issue 9), which replaces it at
+# the merge. Exact: one matrix-vector product over the L2-normalised rows (a few ms at 10k rows, well under a
+# second at 1M rows of 1280 floats on CPU; past that an index such as FAISS would take over).
+def similar(emb: Embeddings, query, *, k: int = 10, task: str | None = None, label: str | None = None,
+            exclude_self: bool = True) -> pd.DataFrame:
+    """The ``k`` rows of ``emb`` most cosine-similar to ``query`` — an image id, a path to an image of the
+    collection, or a 1-D embedding — best first: ``id, score, path`` and one column per task's label.
+    ``task`` (and ``label``) keep only rows labelled for it (with that label)."""
+    if isinstance(query, np.ndarray):
+        vector, row = query, None
+    else:
+        row = _query_row(emb, query)
+        vector = emb.X[row]
+    if label is not None and task is None:
+        raise FeatkitError(f"filtering by label {label!r} needs a task")
+    scores = l2_normalize(emb.X) @ l2_normalize(np.asarray(vector, np.float32).reshape(1, -1))[0]
+    keep = np.ones(len(emb.ids), bool)
+    if task is not None:
+        values = emb.labels(task)
+        keep &= np.array([v is not None if label is None else v == label for v in values], dtype=bool)
+    if exclude_self and row is not None:
+        keep[row] = False
+    candidates = np.flatnonzero(keep)
+    k = min(k, len(candidates))
+    best = candidates[np.argpartition(-scores[candidates], k - 1)[:k]] if k else candidates[:0]
+    best = best[np.lexsort((best, -scores[best]))]
+    frame = pd.DataFrame({"id": emb.ids[best].astype(str), "score": scores[best].astype(np.float64),
+                          "path": [str(p) for p in emb.paths(best)]})
+    for name in emb.collection.tasks:
+        frame[name] = emb.labels(name)[best]
+    return frame
+
+
+def _query_row(emb: Embeddings, query) -> int:
+    """The row of ``emb`` for an image id, or for a path (relative to the current folder) to one of its images."""
+    ids = emb.ids.astype(str)
+    text = str(query)
+    if text not in ids:  # no symlink resolution: the collection's images/ may be a link to another disk
+        try:
+            text = Path(os.path.abspath(query)).relative_to(emb.collection.root).as_posix()
+        except ValueError:
+            pass
+    hits = np.flatnonzero(ids == text)
+    if not len(hits):
+        if text in emb.collection.ids:
+            raise FeatkitError(f"image {text!r} has no embedding in {emb.key} (it failed to decode, or run "
+                               "`featkit extract`)")
+        raise FeatkitError(f"{str(query)!r} is neither an image id of collection {emb.collection.name!r} nor a "
+                           "path to one of its images")
+    return int(hits[0])
+
+
+def embed_files(config: Config, key: str, paths: list[Path]) -> tuple[np.ndarray, dict[int, str]]:
+    """Embeddings of image files made like the store group ``key``'s rows: ``(X, errors by position)``.
+
+    This is ``featkit predict``'s embedding step, fed the store's feature space (backbone,
+    weights sha256, preprocessing fingerprint, dimension) instead of a model's, so a
+    backbone that differs from the one the store was made with is refused.
+    """
+    from featkit.modelio import LoadedModel, feature_space
+    from featkit.predict import PredictSettings, _embed
+
+    store = store_of(config)
+    space = feature_space(store.meta(key))
+    probe = LoadedModel(folder=store.path, pipeline=None, meta={"feature_space": space})
+    feats, errors = _embed(probe, [Path(p) for p in paths], config, PredictSettings(workers=0))
+    X = np.zeros((len(paths), space["dim"]), np.float32)
+    for i, row in feats.items():
+        X[i] = row
+    return X, errors
+
+
+def search_images(config: Config, query: str, *, key: str | None = None, k: int = 12, task: str | None = None,
+                  label: str | None = None) -> pd.DataFrame:
+    """``featkit similar``: the images most similar to a collection image (by id or path; never itself) or to
+    any other image file (embedded like the store's rows)."""
+    emb = load_embeddings(config, key=key or resolve_key(config))
+    if task is not None:
+        emb.collection.task_labels(task)  # an unknown task: the message lists the valid ones
+    try:
+        row = _query_row(emb, query)
+    except FeatkitError:
+        if not Path(query).is_file():
+            raise
+        row = None
+    if row is not None:
+        return similar(emb, query, k=k, task=task, label=label)
+    X, errors = embed_files(config, emb.key, [Path(query)])
+    if errors:
+        raise FeatkitError(f"cannot embed {query}: {errors[0]}")
+    return similar(emb, X[0], k=k, task=task, label=label, exclude_self=False)
 
 
 def _login() -> str:
