@@ -126,6 +126,7 @@ class Workbench:
         self.corrections_file = corrections_path(config)
         self._ids = set(self.collection.ids)
         self._views: dict[str, _View] = {}
+        self._current: dict[str, tuple] = {}  # key -> (labels it was made with, Embeddings with them)
         self._queues: dict[tuple, dict] = {}
         self._runs: dict[tuple, _Run] = {}
         self._reports: dict[Path, tuple] = {}  # report.json -> (mtime, task, store key)
@@ -175,7 +176,11 @@ class Workbench:
     def current(self, view: _View) -> Embeddings:
         """``view``'s embeddings with today's labels (the corrections file applied), for searches filtered by label."""
         labels, _ = self.labels()
-        return replace(view.emb, collection=replace(self.collection, labels=labels))
+        made = self._current.get(view.key)
+        if made is None or made[0] is not labels:
+            made = (labels, replace(view.emb, collection=replace(self.collection, labels=labels)))
+            self._current[view.key] = made
+        return made[1]
 
     def labels(self) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
         """Every task's labels with the corrections file applied, and its latest decisions (re-read when it changes)."""
