@@ -225,6 +225,12 @@ def test_search_by_uploading_a_file(page, demo, tmp_path):
     results = page.locator('[data-testid="similar-result"]').evaluate_all(
         "els => els.map(e => [e.dataset.id, Number(e.dataset.score)])")
     assert {results[0][0], results[1][0]} == {original, copy} and results[1][1] > 0.999
+    rare = facts["manifest"]["form"].value_counts().index[-1]  # the same upload, only images of the rarest form
+    page.select_option('[data-testid="similar-label"]', rare)
+    page.wait_for_function("(form) => [...document.querySelectorAll('[data-testid=similar-result]')]"
+                           ".every((e) => e.dataset.label === form)", arg=rare)
+    assert page.locator('[data-testid="similar-result"]').count() == min(24, int((facts["manifest"]["form"] == rare)
+                                                                                 .sum()))
     assert page.errors == []
 
 

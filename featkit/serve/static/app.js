@@ -105,6 +105,7 @@ scatter.subscribe('select', ({ points }) => {
     state.lassoing = false;
     showSelection(points);
   } else if (points.length === 1) {
+    showSelection([]);
     openDetail(state.items.columns.id[points[0]]).catch(fail);
   }
 });
@@ -293,41 +294,48 @@ async function openDetail(id) {
   if (!data.same_group.length) group.append(el('span', { class: 'muted', text: data.group === null ? 'no group column' : 'no other photo' }));
   testid('detail-neighbors').replaceChildren(...data.neighbors.map((nb) => thumb(nb.id, nb.score.toFixed(3),
     { 'data-testid': 'neighbor', 'data-score': nb.score, onclick: () => openDetail(nb.id).catch(fail) })));
-  const labelSelect = testid('similar-label');
-  labelSelect.replaceChildren(el('option', { value: '', text: `any ${state.task}` }),
-    ...state.meta.classes[state.task].map((c) => el('option', { value: c.label, text: `${state.task} = ${c.label}` })));
   panel.hidden = false;
   const row = state.row.get(id);
   if (row !== undefined) scatter.select([row], { preventEvent: true });
 }
 testid('detail-close').addEventListener('click', () => { testid('detail-panel').hidden = true; scatter.deselect({ preventEvent: true }); });
-testid('similar-button').addEventListener('click', () => {
-  const label = testid('similar-label').value;
-  const params = { id: state.detail.id, k: testid('similar-k').value, key: state.key, task: label ? state.task : null, label };
-  api(`/api/similar?${q(params)}`).then((r) => showResults(`similar to ${state.detail.id}`, r)).catch(fail);
-});
-
-function showResults(title, data) {
+// A search: the query (an item id or an uploaded file) is kept, so the label filter can run it again.
+async function search(query, label = '') {
+  const params = { k: query.k, key: state.key, task: label ? state.task : null, label };
+  let data;
+  if (query.id) data = await api(`/api/similar?${q({ ...params, id: query.id })}`);
+  else {
+    const form = new FormData();
+    form.append('file', query.file);
+    data = await api(`/api/similar?${q(params)}`, { method: 'POST', body: form });
+  }
+  state.lastQuery = query;
   const box = testid('similar-results');
-  $('.title', box).textContent = `${title} (${data.key}, cosine)`;
+  $('.title', box).textContent = `similar to ${query.id || query.file.name} (${data.key}, cosine)`;
+  const filter = testid('similar-label');
+  filter.replaceChildren(el('option', { value: '', text: `any ${state.task}` }),
+    ...state.meta.classes[state.task].map((c) => el('option', { value: c.label, text: `${state.task} = ${c.label}` })));
+  filter.value = label;
   $('.grid', box).replaceChildren(...data.results.map((r) => thumb(r.id, `${r.score.toFixed(3)} · ${r.labels[state.task] ?? '–'}`, {
-    'data-testid': 'similar-result', 'data-score': r.score, onclick: () => openDetail(r.id).catch(fail),
+    'data-testid': 'similar-result', 'data-score': r.score, 'data-label': r.labels[state.task],
+    onclick: () => openDetail(r.id).catch(fail),
   })));
   box.hidden = false;
   const rows = data.results.map((r) => state.row.get(r.id)).filter((r) => r !== undefined);
   if (rows.length) scatter.select(rows, { preventEvent: true });
 }
+testid('similar-button').addEventListener('click', () => {
+  search({ id: state.detail.id, k: testid('similar-k').value }).catch(fail);
+});
+testid('similar-label').addEventListener('change', (e) => search(state.lastQuery, e.target.value).catch(fail));
 testid('results-close').addEventListener('click', () => { testid('similar-results').hidden = true; });
 
 testid('upload-input').addEventListener('change', async (event) => {
   const file = event.target.files[0];
   if (!file) return;
-  const form = new FormData();
-  form.append('file', file);
   testid('status').textContent = `embedding ${file.name}…`;
   try {
-    const data = await api(`/api/similar?${q({ k: 24, key: state.key })}`, { method: 'POST', body: form });
-    showResults(`similar to ${file.name}`, data);
+    await search({ file, k: 24 });
   } catch (err) { fail(err); } finally { testid('status').textContent = ''; event.target.value = ''; }
 });
 
