@@ -376,7 +376,7 @@ class Workbench:
                 load_image(path)  # the extraction guards: a clear reason before any model is loaded
             except ImageLoadError as err:
                 raise BadImage(f"cannot use the upload: {err}") from None
-            X, errors = embed_files(self.config, view.key, [path])
+            X, errors = embed_files(self.config, [path], key=view.key)
         if errors:
             raise BadImage(f"cannot use the upload: {errors[0]}")
         frame = similar(self.current(view), X[0], exclude_self=False, **options)
@@ -610,7 +610,7 @@ def _query_row(emb: Embeddings, query) -> int:
     return int(hits[0])
 
 
-def embed_files(config: Config, key: str, paths: list[Path]) -> tuple[np.ndarray, dict[int, str]]:
+def embed_files(config: Config, paths: list[Path], *, key: str) -> tuple[np.ndarray, dict[int, str]]:
     """Embeddings of image files made like the store group ``key``'s rows: ``(X, errors by position)``.
 
     This is ``featkit predict``'s embedding step, fed the store's feature space (backbone,
@@ -645,7 +645,7 @@ def search_images(config: Config, query: str, *, key: str | None = None, k: int 
         row = None
     if row is not None:
         return similar(emb, query, k=k, task=task, label=label)
-    X, errors = embed_files(config, emb.key, [Path(query)])
+    X, errors = embed_files(config, [Path(query)], key=emb.key)
     if errors:
         raise FeatkitError(f"cannot embed {query}: {errors[0]}")
     return similar(emb, X[0], k=k, task=task, label=label, exclude_self=False)
