@@ -162,13 +162,21 @@ function categorize(field) {
     values[i] = v;
     if (v !== null) counts.set(v, (counts.get(v) || 0) + 1);
   }
-  let entries = Array.from(counts, ([label, count]) => ({ label, count }));
+  const entries = Array.from(counts, ([label, count]) => ({ label, count }));
+  // A class keeps its colour whether the map shows given labels or predictions: both follow the task's class order.
+  const rank = new Map(state.meta.classes[state.task].map((c, k) => [c.label, k]));
+  const order = (e) => (rank.has(e.label) ? rank.get(e.label) : rank.size);
   if (field === 'confidence') entries.sort((a, b) => a.label.localeCompare(b.label));
+  else if (field === 'label' || field === 'prediction') entries.sort((a, b) => order(a) - order(b) || b.count - a.count);
   else entries.sort((a, b) => b.count - a.count || String(a.label).localeCompare(String(b.label)));
   const code = new Map();
+  const byClass = field === 'label' || field === 'prediction';
   entries.forEach((e, k) => {
-    e.code = k < TOP_N ? k : TOP_N;
-    e.color = field === 'confidence' ? VIRIDIS[k] : field === 'correct' ? (e.label === 'correct' ? '#2ca02c' : '#d62728') : (k < TOP_N ? PALETTE[k] : OTHER);
+    const slot = byClass ? order(e) : k;
+    e.code = slot < TOP_N ? slot : TOP_N;
+    if (field === 'confidence') e.color = VIRIDIS[Math.round(parseFloat(e.label) * 10)];  // bin 0.4–0.5: 4
+    else if (field === 'correct') e.color = e.label === 'correct' ? '#2ca02c' : '#d62728';
+    else e.color = e.code < TOP_N ? PALETTE[e.code] : OTHER;
     code.set(e.label, e.code);
   });
   const codes = new Float32Array(n);
@@ -176,8 +184,8 @@ function categorize(field) {
   for (let i = 0; i < n; i++) {
     if (values[i] === null) { codes[i] = TOP_N + 1; unknown += 1; } else codes[i] = code.get(values[i]);
   }
-  const colors = [...entries.slice(0, TOP_N).map((e) => e.color)];
-  while (colors.length < TOP_N) colors.push(OTHER);
+  const colors = new Array(TOP_N).fill(OTHER);  // colour of each code; then "other" and "unknown"
+  entries.forEach((e) => { if (e.code < TOP_N) colors[e.code] = e.color; });
   colors.push(OTHER, UNKNOWN);
   return { field, entries, codes, colors, unknown, values };
 }
@@ -215,9 +223,9 @@ function renderLegend() {
     if (!hits.length) list.append(el('li', { class: 'muted', text: 'no class matches' }));
     return;
   }
-  entries.slice(0, TOP_N).forEach((e) => list.append(item(e.label, e.count, e.color, e.label)));
-  if (entries.length > TOP_N) {
-    const rest = entries.slice(TOP_N);
+  entries.filter((e) => e.code < TOP_N).forEach((e) => list.append(item(e.label, e.count, e.color, e.label)));
+  const rest = entries.filter((e) => e.code === TOP_N);
+  if (rest.length) {
     list.append(item(`other (${rest.length} ${field === 'group' ? 'groups' : 'classes'}: search above)`,
       rest.reduce((s, e) => s + e.count, 0), OTHER, OTHER_KEY));
   }
@@ -230,7 +238,7 @@ function toggleFilter(key) {
     scatter.unfilter();
   } else {
     const { values, entries } = state.categories;
-    const rest = new Set(entries.slice(TOP_N).map((e) => e.label));
+    const rest = new Set(entries.filter((e) => e.code === TOP_N).map((e) => e.label));
     const keep = [];
     for (let i = 0; i < values.length; i++) {
       const v = values[i];
