@@ -51,9 +51,10 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from featkit.backbones import create_backbone  # noqa: E402
-from featkit.data.manifest import IMAGE_EXTENSIONS, Collection  # noqa: E402
-from featkit.extract import (ExtractSettings, autocast, default_workers, extract, prepare_model,  # noqa: E402
-                             resolve_device, resolve_precision)
+from featkit.data.manifest import IMAGE_EXTENSIONS, Manifest  # noqa: E402
+from featkit.extract import (ExtractSettings, autocast, extract, prepare_model, resolve_device,  # noqa: E402
+                             resolve_precision)
+from featkit.extract.decode import default_workers  # noqa: E402
 from featkit.store import FeatureStore  # noqa: E402
 
 PORCELAIN = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cpac-porcelain"
@@ -128,7 +129,7 @@ def run_naive(model: torch.nn.Module, paths: list[Path], pre, device: torch.devi
     assert sum(len(f) for f in feats) == len(paths)
 
 
-def run_featkit(collection: Collection, backbone, store: FeatureStore, settings: ExtractSettings) -> None:
+def run_featkit(collection: Manifest, backbone, store: FeatureStore, settings: ExtractSettings) -> None:
     summary = extract(collection, backbone, store=store, settings=settings)
     assert summary.computed + summary.failed == len(collection), summary
 

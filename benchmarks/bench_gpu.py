@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from featkit.backbones import create_backbone  # noqa: E402
 from featkit.config import Config  # noqa: E402
-from featkit.data import load_collection  # noqa: E402
+from featkit.data import load_manifest  # noqa: E402
 from featkit.extract import (ExtractSettings, autocast, extract, prepare_model, resolve_device,  # noqa: E402
                              resolve_precision)
 from featkit.store import FeatureStore  # noqa: E402
@@ -59,9 +59,7 @@ def make_photos(root: Path, n: int) -> Config:
 def forward_rate(name: str, *, device: torch.device, precision: str, batch_size: int, batches: int,
                  compile_model: bool) -> float:
     backbone = create_backbone(name, weights="random")
-    model = prepare_model(backbone, device, True)
-    if compile_model:
-        model = torch.compile(model)
+    model = prepare_model(backbone, device, True, precision=precision, compile=compile_model)
     size = backbone.preprocess.crop_size
     batch = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
 
@@ -81,7 +79,7 @@ def forward_rate(name: str, *, device: torch.device, precision: str, batch_size:
 
 
 def featkit_rate(config: Config, name: str, tmp: Path, *, settings: ExtractSettings, warmup: int) -> dict:
-    collection = load_collection(config)
+    collection = load_manifest(config)
     backbone = create_backbone(name, weights="random")
     extract(collection, backbone, store=FeatureStore(tmp / f"warm-{name}-{settings.gpu_decode}.h5"),
             settings=ExtractSettings(**{**settings.__dict__, "limit": warmup}))

@@ -47,11 +47,8 @@ def synthetic(rows: int, dim: int, classes: int, seed: int = 0):
 
 
 def clothing(store_path: Path | None, classes: int):
+    from featkit.api import Collection
     from featkit.config import Config
-    from featkit.data import load_collection
-    from featkit.extract import ExtractSettings
-    from featkit.pipeline import extract_collection
-    from featkit.store import FeatureStore
 
     data = Path(os.environ.get("FEATKIT_DATASETS", REPO.parent / "shared" / "datasets")) / "clothing"
     if not (data / "labels.csv").is_file():
@@ -59,18 +56,14 @@ def clothing(store_path: Path | None, classes: int):
     cache = REPO / ".pytest_cache" / "d" / "featkit-real" / "clothing"
     config = Config(root=cache, name="clothing", manifest=(data / "labels.csv").resolve(), image_column="image",
                     tasks=("label",), group="sender_id", store=store_path)
-    collection = load_collection(config)
-    if not FeatureStore(config.store_path).exists():
+    col = Collection(config)
+    if not col.store.exists():
         print(f"extracting clothing features into {config.store_path} (once) ...", flush=True)
-        extract_collection(config, collection, "mobilenet_v2", settings=ExtractSettings(progress=False))
-    store = FeatureStore(config.store_path)
-    fs = store.load(store.resolve_key("mobilenet_v2"))
-    rows = collection.index_of(fs.ids)
-    y = collection.labels["label"][rows]
-    groups = collection.groups[rows]
+    emb = col.extract("mobilenet_v2", progress=False)  # resumes, or only opens the cache
+    y, groups = emb.labels("label"), emb.groups
     keep_classes = [c for c, _ in sorted(((c, (y == c).sum()) for c in set(y) if c), key=lambda t: -t[1])[:classes]]
     keep = np.isin(y, keep_classes)
-    return fs.X[keep], y[keep].astype(object), groups[keep].astype(str)
+    return emb.X[keep], y[keep].astype(object), groups[keep].astype(str)
 
 
 def main() -> None:

@@ -81,15 +81,16 @@ def write_collection(root: Path, names: list[str]) -> Config:
 
 def child(args: argparse.Namespace) -> None:
     """One extraction; prints its summary and peak RSS as JSON on the last line."""
-    from featkit.data import load_collection
+    from featkit.backbones import create_backbone
+    from featkit.data import load_manifest
     from featkit.extract import ExtractSettings, extract
     from featkit.store import FeatureStore
 
     config = write_collection(Path(args.root), make_images(Path(args.root) / "images", args.n))
-    backbone = wide_backbone(args.dim) if args.backbone == "wide" else args.backbone
+    backbone = wide_backbone(args.dim) if args.backbone == "wide" else create_backbone(args.backbone)
     settings = ExtractSettings(batch_size=64, workers=args.workers, device="cpu", precision="fp32",
                                progress=False, checkpoint_seconds=5.0)
-    summary = extract(load_collection(config), backbone, store=FeatureStore(config.store_path), settings=settings)
+    summary = extract(load_manifest(config), backbone, store=FeatureStore(config.store_path), settings=settings)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"n": args.n, "computed": summary.computed, "failed": summary.failed,
                       "seconds": summary.seconds, "images_per_s": summary.images_per_s,

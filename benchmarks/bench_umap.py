@@ -30,12 +30,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from featkit.api import Collection  # noqa: E402
 from featkit.config import Config  # noqa: E402
 from featkit.explore.umap import UmapSettings, _import_umap, compute_umap, draw_umap, umap_coordinates  # noqa: E402
 from featkit.store import FeatureStore, GroupMeta  # noqa: E402
 
 
-def make_store(root: Path, X: np.ndarray) -> Config:
+def make_store(root: Path, X: np.ndarray):
+    """A collection of ``len(X)`` synthetic rows (no image files) and its embeddings."""
     ids = [f"img_{i:06d}.jpg" for i in range(len(X))]
     with open(root / "labels.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -48,7 +50,7 @@ def make_store(root: Path, X: np.ndarray) -> Config:
         writer.ensure_group(meta, ids)
         for start in range(0, len(ids), 2048):
             writer.write_rows("synthetic/v1", ids[start:start + 2048], X[start:start + 2048])
-    return config
+    return Collection(config).embeddings(key="synthetic/v1")
 
 
 def main() -> None:
@@ -75,20 +77,17 @@ def main() -> None:
 
     umap = timed("import + warm-up on 200 points", lambda: (_import_umap(), compute_umap(X[:200], settings))[0])
     with tempfile.TemporaryDirectory() as tmp:
-        config = make_store(Path(tmp), X)
-        first = timed("featkit umap_coordinates (fit + cache)",
-                      lambda: umap_coordinates(config, key="synthetic/v1", settings=settings))
+        emb = make_store(Path(tmp), X)
+        first = timed("featkit umap_coordinates (fit + cache)", lambda: umap_coordinates(emb, settings=settings))
         if not args.no_baseline:
             timed("plain umap.UMAP.fit_transform",
                   lambda: umap.UMAP(n_components=2, n_neighbors=settings.n_neighbors, min_dist=settings.min_dist,
                                     metric=settings.metric, random_state=settings.seed).fit_transform(X))
-        second = timed("featkit again (read from the store)",
-                       lambda: umap_coordinates(config, key="synthetic/v1", settings=settings))
+        second = timed("featkit again (read from the store)", lambda: umap_coordinates(emb, settings=settings))
         assert second.cached and np.array_equal(first.coords, second.coords)
         if args.draw:  # every point drawn; the synthetic ids have no image files, so no thumbnails
             drawn = timed("PNG + HTML from the cache",
-                          lambda: draw_umap(config, key="synthetic/v1", settings=replace(settings, png=True,
-                                                                                         html=True)))
+                          lambda: draw_umap(emb, settings=replace(settings, png=True, html=True)))
             print(f"HTML page {drawn.html.stat().st_size / 1e6:.1f} MB for {len(drawn.result.ids)} points; "
                   f"PNG {drawn.pngs['label'].stat().st_size / 1e6:.1f} MB")
 

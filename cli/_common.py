@@ -1,4 +1,8 @@
-"""What every command shares: config lookup with flag overrides, errors, --json output."""
+"""What every command shares: config lookup with flag overrides, errors, --json output, choices.
+
+Command modules import only what parsing needs (typer, rich, the registries, which
+import no torch/sklearn/lightgbm); each command imports the library inside its body.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,14 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from featkit.config import Config, find_config
-from featkit.errors import FeatkitError
+from featkit.errors import FeatkitError, choices_message
 
 console = Console()
 err_console = Console(stderr=True)
@@ -40,6 +44,13 @@ def friendly(func: Callable) -> Callable:
     return wrapper
 
 
+def open_collection(config_dir: Path | None, **overrides: Any):
+    """The collection (:class:`featkit.api.Collection`) of featkit.toml in ``config_dir`` (default cwd)."""
+    from featkit.api import Collection
+
+    return Collection(load_config(config_dir, **overrides))
+
+
 def load_config(config_dir: Path | None, **overrides: Any) -> Config:
     """featkit.toml from ``config_dir`` (default cwd) with non-None ``overrides`` applied.
 
@@ -49,6 +60,30 @@ def load_config(config_dir: Path | None, **overrides: Any) -> Config:
         if overrides.get(key) is not None:
             overrides[key] = Path(overrides[key]).absolute()
     return find_config(config_dir).replace(**overrides)
+
+
+def choice(kind: str, names: Callable[[], Iterable[str]] | Iterable[str], *,
+           check: Callable[[str], Any] | None = None) -> Callable[[Any], Any]:
+    """A typer callback refusing, while the arguments are parsed, a value not in ``names`` (a registry's list).
+
+    ``check(value)`` replaces the membership test when names carry suffixes (``resnet50.imagenet1k_v2``).
+    """
+
+    def callback(value):
+        if value is None:
+            return value
+        try:
+            if check is not None:
+                check(value)
+            else:
+                valid = list(names() if callable(names) else names)
+                if value not in valid:
+                    raise FeatkitError(choices_message(kind, value, valid))
+        except FeatkitError as err:
+            raise typer.BadParameter(str(err)) from None
+        return value
+
+    return callback
 
 
 def print_json(data: Any) -> None:

@@ -15,7 +15,7 @@ def backbones(
     json_out: bool = JsonOpt,
 ) -> None:
     """List registered backbones: embedding size, input size, default weights and availability."""
-    rows = describe_backbones(pattern)
+    rows = describe_backbones(pattern)  # reads torchvision's weight tables
     if json_out:
         print_json(rows)
         return

@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 
 from ._common import JsonOpt, console, friendly, print_json
-from featkit.demo import run_demo
 
 
 @friendly
@@ -19,6 +18,8 @@ def demo(
     json_out: bool = JsonOpt,
 ) -> None:
     """Render a small vessel collection (form, glaze, decoration, period) and run the main job on it."""
+    from featkit.demo import run_demo
+
     results = run_demo(out, backbone=backbone, n_objects=objects, progress=not json_out)
     if json_out:
         print_json(results)

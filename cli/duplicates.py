@@ -8,8 +8,7 @@ import typer
 from rich.table import Table
 
 from ._common import ConfigOpt, JsonOpt, console, friendly, print_json
-from ._explore import BackboneOpt, OutOpt, VariantOpt, fmt, open_collection, text
-from featkit.explore.duplicates import DuplicateSettings, find_duplicates
+from ._explore import BackboneOpt, OutOpt, VariantOpt, fmt, open_embeddings, text
 
 
 @friendly
@@ -25,9 +24,11 @@ def duplicates(
     json_out: bool = JsonOpt,
 ) -> None:
     """Near-duplicate pairs by cosine similarity; pairs across the split column or groups are leaks."""
-    config, collection, (key,) = open_collection(config_dir, backbone=backbone, variant=variant)
-    report = find_duplicates(config, key=key, settings=DuplicateSettings(threshold=threshold, max_pairs=max_pairs),
-                             out=out, collection=collection)
+    from featkit.explore.duplicates import DuplicateSettings, find_duplicates
+
+    _, (emb,) = open_embeddings(config_dir, backbone=backbone, variant=variant)
+    key = emb.key
+    report = find_duplicates(emb, settings=DuplicateSettings(threshold=threshold, max_pairs=max_pairs), out=out)
     if json_out:
         print_json(report.to_dict())
         return

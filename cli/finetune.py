@@ -7,12 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json, split_list
-from featkit.backbones import list_backbones
-from featkit.data import load_collection
-from featkit.finetune import compare_single_multi
-from featkit.finetune import finetune as run_finetune
-from featkit.finetune.runs import settings_from_flags
+from ._common import ConfigOpt, JsonOpt, choice, console, friendly, load_config, print_json, split_list
+from featkit.backbones import check_backbone_name, list_backbones
+from featkit.extract.settings import PRECISIONS
 from featkit.finetune.settings import (AUGMENTATIONS, CLASS_WEIGHTS, OPTIMIZERS, SCHEDULES, TASK_WEIGHTINGS,
                                        FinetuneSettings)
 
@@ -26,22 +23,27 @@ def _opt(help_text: str, *names: str, **kw):
 @friendly
 def finetune(
     tasks: str = _opt("Comma-separated tasks (default: all in featkit.toml)."),
-    backbone: str = _opt(f"One of: {', '.join(list_backbones())} (default {D.backbone}).", "--backbone", "-b"),
+    backbone: str = _opt(f"One of: {', '.join(list_backbones())} (default {D.backbone}).", "--backbone", "-b",
+                         callback=choice("backbone", (), check=check_backbone_name)),
     weights: str = _opt("Starting weights tag of the backbone (default: its ImageNet weights)."),
     run: str = _opt("Run name (default: the tasks joined by '+'); its trunk becomes variant finetuned-<run>."),
     epochs: int = _opt(f"Most epochs (default {D.epochs}).", min=1),
     batch_size: int = _opt(f"Images per batch (default {D.batch_size}).", "--batch-size", min=1),
     lr: float = _opt(f"Learning rate of the heads (default {D.lr:g}); the trunk gets lr x --trunk-lr-scale."),
     trunk_lr_scale: float = _opt(f"Trunk learning rate relative to the heads' (default {D.trunk_lr_scale:g})."),
-    optimizer: str = _opt(f"{' or '.join(OPTIMIZERS)} (default {D.optimizer})."),
+    optimizer: str = _opt(f"{' or '.join(OPTIMIZERS)} (default {D.optimizer}).",
+                          callback=choice("optimizer", OPTIMIZERS)),
     weight_decay: float = _opt(f"Weight decay (default {D.weight_decay:g}; none on biases and norms)."),
-    schedule: str = _opt(f"{', '.join(SCHEDULES)} (default {D.schedule}), after --warmup-epochs."),
+    schedule: str = _opt(f"{', '.join(SCHEDULES)} (default {D.schedule}), after --warmup-epochs.",
+                         callback=choice("schedule", SCHEDULES)),
     warmup_epochs: int = _opt(f"Linear warm-up epochs (default {D.warmup_epochs}).", min=0),
     train_blocks: int = _opt("Train only the last K trunk blocks; 0 = heads only (default: all).", min=0),
     unfreeze_every: int = _opt("Gradual unfreezing: one more block every N epochs (default 0: off).", min=0),
     dropout: float = _opt(f"Dropout before each head (default {D.dropout:g})."),
-    class_weights: str = _opt(f"Class weights in each loss: {', '.join(CLASS_WEIGHTS)} (default {D.class_weights})."),
-    task_weighting: str = _opt(f"{' or '.join(TASK_WEIGHTINGS)} (learned, Kendall et al. 2018; default {D.task_weighting})."),
+    class_weights: str = _opt(f"Class weights in each loss: {', '.join(CLASS_WEIGHTS)} (default {D.class_weights}).",
+                              callback=choice("class weighting", CLASS_WEIGHTS)),
+    task_weighting: str = _opt(f"{' or '.join(TASK_WEIGHTINGS)} (learned, Kendall et al. 2018; default {D.task_weighting}).",
+                               callback=choice("task weighting", TASK_WEIGHTINGS)),
     task_weights: str = _opt("Per-task loss weights, e.g. glaze=2,ware=0.5."),
     label_smoothing: float = _opt(f"Label smoothing (default {D.label_smoothing:g})."),
     cascade: list[str] = _opt("parent:child — the parent's probabilities feed the child head (repeatable)."),
@@ -53,7 +55,7 @@ def finetune(
     test_fraction: float = _opt(f"Held-out share when the collection has no test split (default {D.test_fraction:g})."),
     seed: int = _opt(f"Seed of the split, the heads and the shuffling (default {D.seed})."),
     device: str = _opt("auto, cpu or cuda[:N]."),
-    precision: str = _opt("auto (bf16/fp16 where fast), fp32, bf16 or fp16."),
+    precision: str = _opt("auto (bf16/fp16 where fast), fp32, bf16 or fp16.", callback=choice("precision", PRECISIONS)),
     workers: int = _opt("DataLoader workers (default: auto).", min=0),
     cache_images: bool = _opt("Keep decoded images in memory (default: when they fit in 2 GiB).",
                               "--cache-images/--no-cache-images"),
@@ -68,10 +70,15 @@ def finetune(
     """Fine-tune a pretrained trunk with one head per task; cache it back with `featkit extract --variant`."""
     flags = {k: v for k, v in locals().items() if k not in ("resume", "overwrite", "compare", "config_dir", "json_out")}
     flags.update(tasks=split_list(tasks), augment=split_list(augment), cascade=cascade or None)
+    from featkit.data.manifest import load_manifest
+    from featkit.finetune import compare_single_multi
+    from featkit.finetune import finetune as run_finetune
+    from featkit.finetune.runs import settings_from_flags
+
     config = load_config(config_dir)
     settings = settings_from_flags(config, resume=resume, progress=not json_out, **flags)
     config = config.replace(tasks=settings.tasks)
-    collection = load_collection(config)
+    collection = load_manifest(config)
     if compare:
         result = compare_single_multi(config, collection, settings=settings, resume=resume, overwrite=overwrite)
         return print_json(result) if json_out else _print_compare(result)

@@ -7,47 +7,57 @@ from pathlib import Path
 
 import typer
 
-from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json
-from featkit.evaluate import SPLIT_MODES
+from ._common import ConfigOpt, JsonOpt, choice, console, friendly, open_collection, print_json
+from featkit.backbones import check_backbone_name
+from featkit.data.splits import SPLIT_MODES
 from featkit.heads import list_heads, rebalance_choices
-from featkit.heads.run import FitSettings, fit_tasks, parse_params
 
 
 @friendly
 def fit(
     task: str = typer.Option(..., "--task", "-t", help="A task of the collection, a,b list, or 'all'."),
-    clf: str = typer.Option("logreg", "--clf", help=f"Head: {', '.join(list_heads())}."),
-    backbone: str = typer.Option(None, "--backbone", "-b", help="Cached embeddings to use (default: the only ones)."),
+    clf: str = typer.Option("logreg", "--clf", help=f"Head: {', '.join(list_heads())}.",
+                            callback=choice("head", list_heads)),
+    backbone: str = typer.Option(None, "--backbone", "-b", help="Cached embeddings to use (default: the only ones).",
+                                 callback=choice("backbone", (), check=check_backbone_name)),
     variant: str = typer.Option(None, help="Store variant below the backbone (default: the only one)."),
-    rebalance: str = typer.Option("auto", help=f"{', '.join(rebalance_choices())}; on training folds only."),
+    rebalance: str = typer.Option("auto", help=f"{', '.join(rebalance_choices())}; on training folds only.",
+                                  callback=choice("rebalance", rebalance_choices)),
     pca: int = typer.Option(None, "--pca", min=0, help="PCA components inside the pipeline (0: none; "
                                                        "default: lgbm 128 on wide embeddings)."),
     cv: int = typer.Option(5, "--cv", min=2, help="Folds when the collection has no split column."),
     inner_cv: int = typer.Option(3, "--inner-cv", min=2, help="Inner folds for choosing hyperparameters."),
     split: str = typer.Option("auto", help=f"{', '.join(SPLIT_MODES)} (auto: split column, else group-aware "
-                                           "folds when there is a group column)."),
+                                           "folds when there is a group column).",
+                              callback=choice("split mode", SPLIT_MODES)),
     param: list[str] = typer.Option(None, "--param", "-p", help="Hyperparameter NAME=V or NAME=V1,V2 (searched), "
                                                                 "e.g. C=0.1 or num_leaves=7,15,31."),
     seed: int = typer.Option(0, help="Seed for folds, samplers and models."),
     jobs: int = typer.Option(None, "--jobs", "-j", min=1, help="Threads (default: lgbm 1, linear heads BLAS's)."),
     no_model: bool = typer.Option(False, "--no-model", help="Evaluate only; skip the final refit and saved model."),
-    out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<task>-<clf>-<backbone>-<time>)."),
+    out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<task>-<clf>-<backbone>-<variant>-<time>)."),
     config_dir: Path = ConfigOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Fit and honestly evaluate a head per task on the cached embeddings."""
-    config = load_config(config_dir)
+    from featkit.fit import FitSettings, fit_tasks
+    from featkit.heads import parse_params
+    from featkit.paths import slug
+
     settings = FitSettings(cv=cv, inner_cv=inner_cv, split=split, rebalance=rebalance, pca=pca, seed=seed,
-                           n_jobs=jobs, params=parse_params(param or []), out=out, save_model=not no_model)
-    tasks = [t.strip() for t in task.split(",") if t.strip()]
+                           n_jobs=jobs, params=parse_params(param or [], clf), refit=not no_model)
+    col = open_collection(config_dir)
+    emb = col.embeddings(backbone, variant)
     with console.status(f"fitting {clf}") if not json_out else contextlib.nullcontext() as status:
-        def progress(done: int, total: int) -> None:
+        def progress(name: str, done: int, total: int) -> None:
             if status is not None:
-                status.update(f"fitting {clf}: fold {done}/{total} done")
-        results = fit_tasks(config, tasks=tasks, clf=clf, backbone=backbone, variant=variant, settings=settings,
-                            progress=progress)
+                status.update(f"fitting {clf} on {name}: fold {done}/{total} done")
+        results = fit_tasks(emb, task, clf, settings=settings, progress=progress)
+    several = len(results) > 1
+    for r in results:
+        r.save(None if out is None else (out / f"{slug(r.task)}-{clf}" if several else out))
     if json_out:
-        print_json(results[0].report if len(results) == 1 else [r.report for r in results])
+        print_json(results[0].report if not several else [r.report for r in results])
         return
     for r in results:
         rep, m = r.report, r.metrics

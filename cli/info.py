@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json
-from featkit.store import FeatureStore
 
 
 @friendly
@@ -19,6 +18,8 @@ def info(
     json_out: bool = JsonOpt,
 ) -> None:
     """Summarise the feature store: groups, rows done, failures, provenance."""
+    from featkit.store import FeatureStore
+
     path = store or load_config(config_dir).store_path
     fs = FeatureStore(path)
     summary = fs.info()
@@ -28,7 +29,7 @@ def info(
     if json_out:
         print_json(summary)
         return
-    console.print(f"[bold]{summary['path']}[/] ({summary['size_bytes'] / 1e6:.1f} MB)")
+    console.print(f"[bold]{summary['path']}[/] ({summary['size_bytes'] / 1e6:.1f} MB in {summary['files']} file(s))")
     table = Table()
     table.add_column("group", no_wrap=True)  # never cut short: it is what other commands take
     for column in ("rows", "done", "failed", "pending", "dim", "dtype"):
@@ -42,6 +43,8 @@ def info(
         console.print(f"{g['key']}: weights {g.get('weights')} (sha256 {str(g.get('weights_sha256'))[:10]}), "
                       f"resize {pre.get('resize_size')} → crop {pre.get('crop_size')} {pre.get('interpolation')}, "
                       f"updated {g.get('updated', '?')}", highlight=False)
+    if not all(g["checksummed"] for g in summary["groups"]):
+        console.print("written before checksums: `featkit verify` rewrites the store with them", highlight=False)
     if failures:
         for g in summary["groups"]:
             for image_id, error in g["failures"].items():

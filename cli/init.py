@@ -8,8 +8,6 @@ import typer
 
 from ._common import JsonOpt, console, friendly, print_json, split_list
 from featkit.config import CONFIG_NAME, Config
-from featkit.data import load_collection
-from featkit.data.manifest import infer_config
 from featkit.errors import FeatkitError
 
 
@@ -29,6 +27,8 @@ def init(
     json_out: bool = JsonOpt,
 ) -> None:
     """Write featkit.toml for a manifest CSV or an ImageFolder tree in the current folder."""
+    from featkit.data.manifest import infer_config, load_manifest
+
     root = Path.cwd()
     if (root / CONFIG_NAME).exists() and not force:
         raise FeatkitError(f"{root / CONFIG_NAME} exists; pass --force to overwrite it")
@@ -43,7 +43,7 @@ def init(
         config = Config(root=root, name=name or folder.name, image_folder=rel,
                         tasks=split_list(tasks) or ("label",), store=store)
         notes = [f"one task, {config.tasks[0]!r}: the class folder name"]
-    collection = load_collection(config)  # validate before writing
+    collection = load_manifest(config)  # validate before writing
     path = config.write()
     summary = {"config": str(path), "images": len(collection), "tasks": list(config.tasks),
                "group": config.group, "split": config.split, "store": str(config.store_path), "notes": notes}

@@ -7,20 +7,21 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ._common import ConfigOpt, JsonOpt, console, friendly, print_json
-from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt, open_collection, text
-from featkit.explore.embeddings import resolve_task
-from featkit.explore.label_issues import RANK_BY, LabelIssueSettings, find_label_issues
+from ._common import ConfigOpt, JsonOpt, choice, console, friendly, print_json
+from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt, open_embeddings, text
+from featkit.explore.label_issues import RANK_BY
 from featkit.heads import list_heads
 
 
 @friendly
 def label_issues(
     task: str = OneTaskOpt,
-    clf: str = typer.Option("logreg", "--clf", help=f"Head for the out-of-fold probabilities: {', '.join(list_heads())}."),
+    clf: str = typer.Option("logreg", "--clf", help=f"Head for the out-of-fold probabilities: {', '.join(list_heads())}.",
+                            callback=choice("head", list_heads)),
     cv: int = typer.Option(5, "--cv", min=2, help="Folds (group-aware when the collection has groups)."),
     c: float = typer.Option(None, "--C", help="Fix the head's C (faster; default: chosen by inner CV)."),
-    rank_by: str = typer.Option("self_confidence", "--rank-by", help=f"{', '.join(RANK_BY)} (lowest first)."),
+    rank_by: str = typer.Option("self_confidence", "--rank-by", help=f"{', '.join(RANK_BY)} (lowest first).",
+                                callback=choice("ranking", RANK_BY)),
     show: int = typer.Option(30, "--show", min=0, help="Rows to print (the CSV has them all)."),
     backbone: str = BackboneOpt,
     variant: str = VariantOpt,
@@ -29,11 +30,13 @@ def label_issues(
     json_out: bool = JsonOpt,
 ) -> None:
     """Rank images whose given label the embedding confidently disagrees with, with a suggested label."""
-    config, collection, (key,) = open_collection(config_dir, backbone=backbone, variant=variant)
-    task = resolve_task(config, task, collection)
-    settings = LabelIssueSettings(clf=clf, cv=cv, C=c, rank_by=rank_by)
-    report = find_label_issues(config, key=key, task=task, settings=settings,
-                               out=out, collection=collection)
+    from featkit.embeddings import resolve_task
+    from featkit.explore.label_issues import LabelIssueSettings, find_label_issues
+
+    col, (emb,) = open_embeddings(config_dir, backbone=backbone, variant=variant)
+    key = emb.key
+    task = resolve_task(col.manifest, task)
+    report = find_label_issues(emb, task, settings=LabelIssueSettings(clf=clf, cv=cv, C=c, rank_by=rank_by), out=out)
     if json_out:
         print_json(report.to_dict())
         return

@@ -7,17 +7,17 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ._common import ConfigOpt, JsonOpt, console, friendly, print_json
-from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt, open_collection, text
-from featkit.explore.embeddings import resolve_task
-from featkit.explore.outliers import OUTLIER_METHODS, OutlierSettings, find_outliers
+from ._common import ConfigOpt, JsonOpt, choice, console, friendly, print_json
+from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt, open_embeddings, text
+from featkit.explore.outliers import OUTLIER_METHODS
 
 
 @friendly
 def outliers(
     task: str = OneTaskOpt,
     top: int = typer.Option(50, "--top", "-n", min=1, help="How many outliers to list and show."),
-    method: str = typer.Option("knn", help=f"{', '.join(OUTLIER_METHODS)}: distance to class-mates, or LOF."),
+    method: str = typer.Option("knn", help=f"{', '.join(OUTLIER_METHODS)}: distance to class-mates, or LOF.",
+                               callback=choice("outlier method", OUTLIER_METHODS)),
     k: int = typer.Option(10, "--k", min=1, help="Neighbours within the class."),
     gallery: bool = typer.Option(True, "--gallery/--no-gallery", help="Draw the gallery PNG."),
     backbone: str = BackboneOpt,
@@ -27,11 +27,13 @@ def outliers(
     json_out: bool = JsonOpt,
 ) -> None:
     """Images far from the rest of their class (group-aware), ranked; CSV and gallery PNG."""
-    config, collection, (key,) = open_collection(config_dir, backbone=backbone, variant=variant)
-    task = resolve_task(config, task, collection)
-    settings = OutlierSettings(method=method, k=k, top=top, gallery=gallery)
-    report = find_outliers(config, key=key, task=task, settings=settings,
-                           out=out, collection=collection)
+    from featkit.embeddings import resolve_task
+    from featkit.explore.outliers import OutlierSettings, find_outliers
+
+    col, (emb,) = open_embeddings(config_dir, backbone=backbone, variant=variant)
+    key = emb.key
+    task = resolve_task(col.manifest, task)
+    report = find_outliers(emb, task, settings=OutlierSettings(method=method, k=k, top=top, gallery=gallery), out=out)
     if json_out:
         print_json(report.to_dict())
         return

@@ -10,7 +10,6 @@ from rich.table import Table
 from ._common import JsonOpt, console, friendly, print_json
 from featkit.config import find_config
 from featkit.errors import FeatkitError
-from featkit.predict import PredictSettings, predict_images, write_predictions_csv
 
 
 @friendly
@@ -26,14 +25,19 @@ def predict(
     json_out: bool = JsonOpt,
 ) -> None:
     """Predict each task's label and probabilities; embeds what the store lacks with the model's backbone."""
+    from featkit.api import Collection
+    from featkit.predict import PredictSettings, predict_images, write_predictions_csv
+
     try:
-        config = find_config(config_dir)
+        col = Collection(find_config(config_dir))
     except FeatkitError:
         if config_dir is not None:
             raise
-        config = None  # no collection here: embed everything
-    settings = PredictSettings(batch_size=batch_size, device=device, image_column=image_column)
-    result = predict_images(model, inputs, config=config, settings=settings)
+        col = None  # no collection here: embed everything
+    settings = PredictSettings(batch_size=batch_size, device=device, image_column=image_column,
+                               progress=not json_out)
+    result = predict_images(model, inputs, manifest=col.manifest if col else None, store=col.store if col else None,
+                            settings=settings)
     if out:
         write_predictions_csv(result, out)
     if json_out:

@@ -8,8 +8,7 @@ import typer
 from rich.table import Table
 
 from ._common import ConfigOpt, JsonOpt, console, friendly, print_json, split_list
-from ._explore import BackboneFilterOpt, TasksOpt, VariantFilterOpt, fmt, open_collection, text
-from featkit.explore.rank import rank_backbones
+from ._explore import BackboneFilterOpt, TasksOpt, VariantFilterOpt, fmt, open_embeddings, text
 
 
 @friendly
@@ -22,8 +21,10 @@ def rank(
     json_out: bool = JsonOpt,
 ) -> None:
     """Transferability (LogME) of every cached backbone/variant per task, without training a head."""
-    config, collection, keys = open_collection(config_dir, backbone=backbone, variant=variant, every=True)
-    report = rank_backbones(config, keys=keys, tasks=split_list(task), runs_dir=runs, collection=collection)
+    from featkit.explore.rank import rank_backbones
+
+    _, embs = open_embeddings(config_dir, backbone=backbone, variant=variant, every=True)
+    report = rank_backbones(embs, tasks=split_list(task), runs_dir=runs)
     if json_out:
         print_json(report.to_dict())
         return

@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from ._common import ConfigOpt, JsonOpt, console, friendly, load_config, print_json
-from featkit.report import runs_report
 
 
 @friendly
@@ -20,7 +19,9 @@ def report(
     json_out: bool = JsonOpt,
 ) -> None:
     """Compare runs: task × head × backbone × rebalance, best balanced accuracy per task marked."""
-    runs_dir = runs or load_config(config_dir).root / "runs"
+    from featkit.report import runs_report
+
+    runs_dir = runs or load_config(config_dir).runs_dir
     result = runs_report(runs_dir, csv_path=csv, task=task)
     if json_out:
         print_json(result)

@@ -8,8 +8,7 @@ import typer
 from rich.table import Table
 
 from ._common import ConfigOpt, JsonOpt, console, friendly, print_json, split_list
-from ._explore import BackboneFilterOpt, TasksOpt, VariantFilterOpt, fmt, open_collection, text
-from featkit.explore.separability import SeparabilitySettings, separability as measure
+from ._explore import BackboneFilterOpt, TasksOpt, VariantFilterOpt, fmt, open_embeddings, text
 
 
 @friendly
@@ -24,14 +23,16 @@ def separability(
     json_out: bool = JsonOpt,
 ) -> None:
     """How well each cached embedding separates each task's classes (no head trained)."""
-    config, collection, keys = open_collection(config_dir, backbone=backbone, variant=variant, every=True)
-    report = measure(config, keys=keys, tasks=split_list(task), collection=collection,
-                     settings=SeparabilitySettings(k=k, max_points=max_points))
+    from featkit.explore.separability import SeparabilitySettings, separability as measure
+
+    col, embs = open_embeddings(config_dir, backbone=backbone, variant=variant, every=True)
+    keys = [emb.key for emb in embs]
+    report = measure(embs, tasks=split_list(task), settings=SeparabilitySettings(k=k, max_points=max_points))
     if json_out:
         print_json(report.to_dict())
         return
     table = Table("task", "n", *(f"{key}\nsilhouette · kNN bal-acc" for key in keys),
-                  title=f"separability (cosine; k={k}; group-aware: {collection.groups is not None})")
+                  title=f"separability (cosine; k={k}; group-aware: {col.groups is not None})")
     for task_name in dict.fromkeys(r["task"] for r in report.rows):
         rows = {r["key"]: r for r in report.rows if r["task"] == task_name}
         n = next(iter(rows.values()))["n"]

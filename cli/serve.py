@@ -9,8 +9,9 @@ from pathlib import Path
 
 import typer
 
-from ._common import ConfigOpt, console, friendly, load_config
+from ._common import ConfigOpt, choice, console, friendly, load_config
 from ._explore import text
+from featkit.backbones import check_backbone_name
 
 
 def _has_display() -> bool:
@@ -23,7 +24,8 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on. Anything but loopback prints a "
                                                          "token that every request must carry."),
     port: int = typer.Option(8765, "--port", help="Port (0: any free port)."),
-    backbone: str = typer.Option(None, "--backbone", "-b", help="Store group shown first (default: the first)."),
+    backbone: str = typer.Option(None, "--backbone", "-b", help="Store group shown first (default: the first).",
+                                 callback=choice("backbone", (), check=check_backbone_name)),
     variant: str = typer.Option(None, "--variant", help="Variant of that backbone (default: the only one)."),
     open_browser: bool = typer.Option(None, "--open/--no-open", help="Open the page in a browser (default: when "
                                                                        "this machine has a display)."),

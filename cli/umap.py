@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ._common import ConfigOpt, JsonOpt, console, friendly, print_json, split_list
-from ._explore import BackboneOpt, OutOpt, TasksOpt, VariantOpt, open_collection, text
-from featkit.explore.umap import KNN_METHODS, UmapSettings, draw_umap
+from ._common import ConfigOpt, JsonOpt, choice, console, friendly, print_json, split_list
+from ._explore import BackboneOpt, OutOpt, TasksOpt, VariantOpt, open_embeddings, text
+from featkit.explore.umap import KNN_METHODS
 
 
 @friendly
@@ -21,7 +21,8 @@ def umap(
     metric: str = typer.Option("cosine", help="Distance in the embedding (any umap-learn metric)."),
     seed: int = typer.Option(0, help="Random seed (reproducible, one thread)."),
     parallel: bool = typer.Option(False, "--parallel", help="No seed: numba threads, faster, not reproducible."),
-    knn: str = typer.Option("auto", help=f"Neighbour search: {', '.join(KNN_METHODS)}."),
+    knn: str = typer.Option("auto", help=f"Neighbour search: {', '.join(KNN_METHODS)}.",
+                            callback=choice("neighbour search", KNN_METHODS)),
     thumbnails: int = typer.Option(1000, "--thumbnails", min=0, help="Hover thumbnails in the HTML (a sample)."),
     html: bool = typer.Option(True, "--html/--no-html", help="Write the interactive page."),
     refresh: bool = typer.Option(False, "--refresh", help="Recompute even if cached in the store."),
@@ -30,11 +31,13 @@ def umap(
     json_out: bool = JsonOpt,
 ) -> None:
     """UMAP of a cached backbone/variant: coordinates cached in the store, PNG per task, HTML with hover images."""
-    config, collection, (key,) = open_collection(config_dir, backbone=backbone, variant=variant)
+    from featkit.explore.umap import UmapSettings, draw_umap
+
+    _, (emb,) = open_embeddings(config_dir, backbone=backbone, variant=variant)
+    key = emb.key
     settings = UmapSettings(n_neighbors=neighbors, min_dist=min_dist, metric=metric,
                             seed=None if parallel else seed, knn=knn, html=html, max_thumbnails=thumbnails)
-    report = draw_umap(config, key=key, tasks=split_list(task), out=out, settings=settings, collection=collection,
-                       refresh=refresh)
+    report = draw_umap(emb, tasks=split_list(task), out=out, settings=settings, refresh=refresh)
     if json_out:
         print_json(report.to_dict())
         return

@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from ._common import JsonOpt, console, friendly, print_json
-from featkit.backbones.offline import import_weights
 
 app = typer.Typer(help="Manage pretrained weights in the torch hub cache.", no_args_is_help=True)
 
@@ -19,6 +18,8 @@ def import_(
     json_out: bool = JsonOpt,
 ) -> None:
     """Check FILE against torchvision's published hash prefix and place it in the hub cache."""
+    from featkit.backbones.offline import import_weights
+
     result = import_weights(file)
     if json_out:
         print_json(result)

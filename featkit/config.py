@@ -1,21 +1,46 @@
-"""``featkit.toml``: where a collection's settings live, found in the current folder.
+"""``featkit.toml``: where a collection's settings live, found in the collection's folder.
 
 Every command reads it and every setting can be overridden by a flag
-(:meth:`Config.replace`). Paths in the file are relative to the file's folder.
+(:meth:`Config.replace`). Paths in the file are relative to the file's folder. The
+config also owns every path featkit writes below the collection: the store, the runs
+(fit and fine-tune), exploration output and caches; user strings that become part of
+one of those paths go through :func:`featkit.paths.safe_name`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomli_w
+from typing import Any
 
 from featkit.errors import FeatkitError
+from featkit.paths import key_folder, safe_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
 
 CONFIG_NAME = "featkit.toml"
+
+# [collection] keys: name -> (expected type(s), what to write)
+_COLLECTION_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "name": ((str,), "a string"),
+    "manifest": ((str,), "a string (a CSV path relative to featkit.toml)"),
+    "image_folder": ((str,), "a string (a folder relative to featkit.toml)"),
+    "image_column": ((str,), "a string (a column of the manifest)"),
+    "tasks": ((list, str), "a list of column names"),
+    "group": ((str,), "a string (a column of the manifest)"),
+    "split": ((str,), "a string (a column of the manifest)"),
+}
+# other tables: table -> key -> (types, what)
+_PATH_TABLES: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
+    "store": {"path": ((str,), "a string (an .h5 path relative to featkit.toml)")},
+    "runs": {"path": ((str,), "a string (a folder relative to featkit.toml)")},
+    "explore": {"path": ((str,), "a string (a folder relative to featkit.toml)")},
+}
 
 
 @dataclass(frozen=True)
@@ -31,31 +56,65 @@ class Config:
     group: str | None = None
     split: str | None = None
     store: Path | None = None  # default features/<name>.h5
+    runs: Path | None = None  # default runs/
+    explore: Path | None = None  # default explore/
     extra: dict = field(default_factory=dict, compare=False)
+
+    # -- paths featkit writes ----------------------------------------------------------
+    def _under_root(self, path: Path) -> Path:
+        return path if path.is_absolute() else self.root / path
 
     @property
     def store_path(self) -> Path:
-        store = self.store or Path("features") / f"{self.name}.h5"
-        return store if store.is_absolute() else self.root / store
+        return self._under_root(self.store or Path("features") / f"{safe_name(self.name, what='collection name')}.h5")
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where ``featkit fit`` writes its run folders (and fine-tuning runs, under ``finetune/``)."""
+        return self._under_root(self.runs or Path("runs"))
+
+    @property
+    def finetune_dir(self) -> Path:
+        return self.runs_dir / "finetune"
+
+    def run_dir(self, name: str) -> Path:
+        """The folder of fit run ``name`` (a single safe path component)."""
+        return self.runs_dir / safe_name(name, what="run name")
+
+    def finetune_run_dir(self, name: str) -> Path:
+        return self.finetune_dir / safe_name(name, what="fine-tuning run name")
+
+    @property
+    def explore_root(self) -> Path:
+        return self._under_root(self.explore or Path("explore"))
+
+    def explore_dir(self, key: str) -> Path:
+        """Exploration output of store group ``key`` (``explore/<backbone>__<variant>/``)."""
+        return self.explore_root / key_folder(key)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Derived files that can always be made again (thumbnails)."""
+        return self.explore_root / ".cache"
 
     @property
     def manifest_path(self) -> Path | None:
-        if self.manifest is None:
-            return None
-        return self.manifest if self.manifest.is_absolute() else self.root / self.manifest
+        return None if self.manifest is None else self._under_root(self.manifest)
 
     @property
     def image_folder_path(self) -> Path | None:
-        if self.image_folder is None:
-            return None
-        folder = self.image_folder
-        return folder if folder.is_absolute() else self.root / folder
+        return None if self.image_folder is None else self._under_root(self.image_folder)
 
-    def replace(self, **changes) -> "Config":
+    @property
+    def labels_folder(self) -> Path:
+        """The folder beside which label files live (the manifest's, else featkit.toml's)."""
+        return self.manifest_path.parent if self.manifest_path is not None else self.root
+
+    def replace(self, **changes: Any) -> "Config":
         """A copy with the non-None ``changes`` applied (how CLI flags override the file)."""
         changes = {k: v for k, v in changes.items() if v is not None}
-        for key in ("manifest", "image_folder", "store"):
-            if key in changes and changes[key] is not None:
+        for key in ("manifest", "image_folder", "store", "runs", "explore"):
+            if key in changes:
                 changes[key] = Path(changes[key])
         if "tasks" in changes:
             changes["tasks"] = tuple(changes["tasks"])
@@ -72,11 +131,18 @@ class Config:
             coll["group"] = self.group
         if self.split:
             coll["split"] = self.split
-        doc = {"collection": coll, "store": {"path": (self.store or Path("features") / f"{self.name}.h5").as_posix()}}
+        store = self.store or Path("features") / f"{safe_name(self.name, what='collection name')}.h5"
+        doc: dict = {"collection": coll, "store": {"path": store.as_posix()}}
+        if self.runs is not None:
+            doc["runs"] = {"path": self.runs.as_posix()}
+        if self.explore is not None:
+            doc["explore"] = {"path": self.explore.as_posix()}
         doc.update(self.extra)
         return doc
 
     def write(self, path: Path | None = None) -> Path:
+        import tomli_w
+
         path = Path(path) if path else self.root / CONFIG_NAME
         path.write_text(tomli_w.dumps(self.to_toml()))
         return path
@@ -85,35 +151,60 @@ class Config:
     def read(cls, path: Path) -> "Config":
         path = Path(path)
         try:
-            doc = tomllib.loads(path.read_text())
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FeatkitError(f"no {CONFIG_NAME} at {path}") from None
+        except UnicodeDecodeError as err:
+            raise FeatkitError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
         except tomllib.TOMLDecodeError as err:
             raise FeatkitError(f"{path} is not valid TOML: {err}") from None
+        except OSError as err:
+            raise FeatkitError(f"cannot read {path}: {err.strerror or err}") from None
         coll = doc.get("collection")
         if not isinstance(coll, dict) or "name" not in coll:
             raise FeatkitError(f"{path} has no [collection] table with a name")
-        known = {"name", "manifest", "image_folder", "image_column", "tasks", "group", "split"}
-        unknown = set(coll) - known
-        if unknown:
-            raise FeatkitError(
-                f"{path}: unknown key(s) {', '.join(sorted(unknown))} in [collection]; "
-                f"valid keys: {', '.join(sorted(known))}"
-            )
-        store = doc.get("store", {}).get("path")
-        extra = {k: v for k, v in doc.items() if k not in ("collection", "store")}
+        _check_table(path, "collection", coll, _COLLECTION_KEYS)
+        paths = {}
+        for table, keys in _PATH_TABLES.items():
+            value = doc.get(table, {})
+            if not isinstance(value, dict):
+                raise FeatkitError(f"{path}: [{table}] must be a table (e.g. [{table}] path = \"...\"), got "
+                                   f"{_shown(value)}")
+            _check_table(path, table, value, keys)
+            paths[table] = Path(value["path"]) if value.get("path") else None
+        extra = {k: v for k, v in doc.items() if k not in ("collection", *_PATH_TABLES)}
+        name = coll["name"]
+        safe_name(name, what=f"[collection] name in {path}")
         return cls(
             root=path.parent.resolve(),
-            name=str(coll["name"]),
+            name=name,
             manifest=Path(coll["manifest"]) if coll.get("manifest") else None,
             image_folder=Path(coll["image_folder"]) if coll.get("image_folder") else None,
-            image_column=str(coll.get("image_column", "image")),
+            image_column=coll.get("image_column", "image"),
             tasks=_tasks(coll.get("tasks", ()), path),
             group=coll.get("group") or None,
             split=coll.get("split") or None,
-            store=Path(store) if store else None,
+            store=paths["store"],
+            runs=paths["runs"],
+            explore=paths["explore"],
             extra=extra,
         )
+
+
+def _shown(value: Any) -> str:
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}
+    return f"{value!r} ({kind.get(type(value), type(value).__name__)})"
+
+
+def _check_table(path: Path, table: str, values: dict, keys: dict[str, tuple[tuple[type, ...], str]]) -> None:
+    unknown = sorted(set(values) - set(keys))
+    if unknown:
+        raise FeatkitError(f"{path}: unknown key(s) {', '.join(unknown)} in [{table}]; valid keys: "
+                           f"{', '.join(sorted(keys))}")
+    for key, value in values.items():
+        types, what = keys[key]
+        if isinstance(value, bool) or not isinstance(value, types):  # TOML booleans are not strings or lists
+            raise FeatkitError(f"{path}: [{table}] {key} must be {what}, got {_shown(value)}")
 
 
 def _tasks(value, path: Path) -> tuple[str, ...]:
@@ -121,7 +212,7 @@ def _tasks(value, path: Path) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise FeatkitError(f"{path}: tasks must be a list of column names, got {value!r}")
+        raise FeatkitError(f"{path}: [collection] tasks must be a list of column names (strings), got {value!r}")
     return tuple(value)
 
 

@@ -159,52 +159,43 @@ def make_demo_collection(out: Path, *, n_objects: int = 150, views: int = 2, siz
     return manifest
 
 
-# Steps run by `featkit demo`, after extraction; later capabilities append theirs.
-# Each is fn(config, collection, key, settings: dict) -> dict of results for the summary.
-DEMO_STEPS: list = []
-
-
-def _fit_heads(config, collection, key, opts):  # issue 3: a logreg head per task, balanced accuracy lines
-    from featkit.heads.run import demo_step
-
-    return demo_step(config, collection, key, opts)
-
-
-DEMO_STEPS.append(_fit_heads)
-
-
-def _explore(config, collection, key, opts):  # issue 5: UMAP PNGs + HTML, separability lines
-    from featkit.explore.demo import demo_step
-
-    return demo_step(config, collection, key, opts)
-
-
-DEMO_STEPS.append(_explore)
-
-
 def run_demo(out: Path, *, backbone: str = "mobilenet_v2", n_objects: int = 150, progress: bool = True,
-             extract_settings=None) -> dict:
-    """Make the demo collection in ``out`` and run the main job on it."""
+             extract_settings: dict | None = None) -> dict:
+    """Make the demo collection in ``out`` and run the main job on it, through the Python API.
+
+    Extract (real weights), a logreg head per task (3 group-aware folds), the UMAP
+    figures and page, separability per task. Returns what each step gave, plus the
+    human-readable ``lines`` ``featkit demo`` prints.
+    """
+    from featkit.api import open as open_collection
     from featkit.config import Config
-    from featkit.data import load_collection
-    from featkit.extract import ExtractSettings
-    from featkit.pipeline import extract_collection
-    from featkit.store import FeatureStore
+    from featkit.explore.separability import separability
+    from featkit.explore.umap import UmapSettings, draw_umap
 
     out = Path(out).resolve()
     manifest = make_demo_collection(out, n_objects=n_objects)
-    config = Config(root=out, name="vessels", manifest=Path(manifest.name), image_column="image",
-                    tasks=("form", "glaze", "decoration", "period"), group="object_id")
-    config.write()
-    collection = load_collection(config)
-    settings = extract_settings or ExtractSettings(progress=progress)
-    summary = extract_collection(config, collection, backbone, settings=settings)
-    results = {"collection": str(out), "images": len(collection), "extract": summary.to_dict(),
-               "store": FeatureStore(config.store_path).info()}
-    for step in DEMO_STEPS:
-        step_results = step(config, collection, summary.key, {"progress": progress})
-        lines = results.get("lines", []) + list(step_results.pop("lines", []))  # every step's lines, in order
-        results.update(step_results)
-        if lines:
-            results["lines"] = lines
+    Config(root=out, name="vessels", manifest=Path(manifest.name), image_column="image",
+           tasks=("form", "glaze", "decoration", "period"), group="object_id").write()
+    col = open_collection(out)
+    summary = col.extract_summary(backbone, **{"progress": progress, **(extract_settings or {})})
+    emb = col.embeddings(key=summary.key)
+    results = {"collection": str(out), "images": len(col), "extract": summary.to_dict(), "store": col.store.info()}
+    lines = []
+    heads = {}
+    for task in col.tasks:
+        res = emb.fit(task, "logreg", cv=3)
+        run_dir = res.save()
+        m = res.metrics
+        heads[task] = {"run": str(run_dir), **m}
+        lines.append(f"fit {task} (logreg, {res.report['split']['description']}): balanced accuracy "
+                     f"{m['balanced_accuracy']:.3f} (chance {m['chance_balanced_accuracy']:.3f}), "
+                     f"macro-F1 {m['macro_f1']:.3f} → {run_dir}")
+    umap = draw_umap(emb, settings=UmapSettings(max_thumbnails=300))
+    sep = separability([emb])
+    lines.append(f"umap ({'cached' if umap.result.cached else f'{umap.result.seconds:.1f} s'}): "
+                 f"{umap.html} and {len(umap.pngs)} PNGs in {umap.html.parent if umap.html else ''}")
+    for row in sep.rows:
+        lines.append(f"separability {row['task']:<11} silhouette {row['silhouette']:+.3f}  k-NN balanced accuracy "
+                     f"{row['knn_balanced_accuracy']:.3f} (chance {row['chance_balanced_accuracy']:.3f})")
+    results.update(heads=heads, umap=umap.to_dict(), separability=sep.to_dict(), lines=lines)
     return results

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from featkit import __version__
+from featkit._version import __version__
 from featkit.errors import FeatkitError
 
 MODEL_FILE = "model.skops"
@@ -33,7 +33,7 @@ FORMAT = "featkit-head/1"
 # Types beyond skops' defaults that featkit heads contain; nothing else is loaded.
 TRUSTED_TYPES = (
     "collections.OrderedDict",
-    "featkit.heads.builtin.BalancedCalibratedClassifierCV",
+    "featkit.heads.calibration.BalancedCalibratedClassifierCV",
     "imblearn.over_sampling._random_over_sampler.RandomOverSampler",
     "imblearn.over_sampling._smote.base.SMOTE",
     "imblearn.pipeline.Pipeline",

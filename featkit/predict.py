@@ -1,25 +1,31 @@
-"""Predict labels and probabilities for new images with saved heads (``featkit predict``).
+"""Predict labels and probabilities for new images with fitted heads (``featkit predict``).
 
 Inputs are image files, folders (searched recursively) or manifest CSVs. Features come
 from the collection's store when it holds the image with the model's exact feature
-space; everything else is embedded on the fly with the model's own backbone, weights
-and preprocessing. A model whose feature space differs from the store's or from the
-backbone available here (other backbone, weights sha256, preprocessing fingerprint,
-dimension) is refused: its predictions would be meaningless.
+space (an image of the collection, however it is reached — a symlinked ``images/``
+folder included); everything else is embedded in memory through the same runtime as
+``featkit extract`` (:class:`featkit.extract.runtime.Embedder`), with the model's own
+backbone, weights, preprocessing and test-time augmentation. A model whose feature
+space differs from the store's or from the backbone available here (other backbone,
+weights sha256, preprocessing fingerprint, dimension) is refused: its predictions would
+be meaningless.
 """
 
 from __future__ import annotations
 
-import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from featkit.backbones.variants import split_tta, store_key
 from featkit.config import Config
-from featkit.data.manifest import IMAGE_EXTENSIONS
+from featkit.data.manifest import IMAGE_EXTENSIONS, Manifest
 from featkit.errors import FeatkitError
+from featkit.extract.settings import ExtractSettings
 from featkit.modelio import FEATURE_SPACE_KEYS, LoadedModel, load_model
 from featkit.store import FeatureStore
 
@@ -47,28 +53,57 @@ class PredictResult:
     def to_dict(self) -> dict:
         return {"tasks": self.tasks, "models": self.models, "sources": self.sources, "predictions": self.rows}
 
+    @property
+    def frame(self) -> pd.DataFrame:
+        """One row per image: image, source, error, and per task its label, probability and ``<task>:<class>``."""
+        out = []
+        for row in self.rows:
+            flat = {"image": row["image"], "source": row["source"], "error": row["error"]}
+            for m in self.models:
+                pred = row.get(m["task"])
+                flat[m["task"]] = pred["label"] if pred else None
+                flat[f"{m['task']}_probability"] = pred["probability"] if pred else np.nan
+                for c in m["classes"]:
+                    flat[f"{m['task']}:{c}"] = pred["probabilities"].get(c, np.nan) if pred else np.nan
+            out.append(flat)
+        return pd.DataFrame(out)
+
 
 # -- models ----------------------------------------------------------------------------
-def load_models(paths: list[Path]) -> list[LoadedModel]:
-    """Model folders (a folder of run folders counts as all of them); one model per task."""
-    if not paths:
+def as_model(model: Any) -> LoadedModel:
+    """A saved run folder, a :class:`~featkit.modelio.LoadedModel`, or an in-memory fit result."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(Path(model))
+    pipeline, meta = getattr(model, "pipeline", None), getattr(model, "model_meta", None)
+    if pipeline is None or not meta:
+        raise FeatkitError(f"{model!r} holds no fitted model (fitted with refit=False?); pass a run folder or a "
+                           "result of fit()")
+    return LoadedModel(folder=getattr(model, "run_dir", None), pipeline=pipeline, meta=meta)
+
+
+def load_models(models: list) -> list[LoadedModel]:
+    """Models (run folders, a folder of run folders, or fit results); one model per task."""
+    if not models:
         raise FeatkitError("no model given; pass --model runs/<run> (a folder written by `featkit fit`)")
-    folders: list[Path] = []
-    for path in map(Path, paths):
-        children = sorted(p.parent for p in path.glob("*/model.json")) if path.is_dir() else []
-        if path.is_dir() and not (path / "model.json").exists() and children:
-            folders.extend(children)
+    expanded: list = []
+    for model in models:
+        path = Path(model) if isinstance(model, (str, os.PathLike)) else None
+        children = sorted(p.parent for p in path.glob("*/model.json")) if path is not None and path.is_dir() else []
+        if path is not None and not (path / "model.json").exists() and children:
+            expanded.extend(children)
         else:
-            folders.append(path)
-    models = [load_model(f) for f in folders]
+            expanded.append(model)
+    loaded = [as_model(m) for m in expanded]
     by_task: dict[str, list[str]] = {}
-    for m in models:
-        by_task.setdefault(m.task, []).append(str(m.folder))
+    for m in loaded:
+        by_task.setdefault(m.task, []).append(str(m.folder or "(in memory)"))
     clash = {t: f for t, f in by_task.items() if len(f) > 1}
     if clash:
         raise FeatkitError("one model per task, please; several predict " +
                            "; ".join(f"{t}: {', '.join(f)}" for t, f in clash.items()))
-    return models
+    return loaded
 
 
 def _space_key(model: LoadedModel) -> tuple:
@@ -105,8 +140,12 @@ def _manifest_images(path: Path, image_column: str | None) -> list[Path]:
     return [path.parent / v.strip() for v in frame[image_column] if v.strip()]
 
 
-def resolve_inputs(inputs: list[Path], *, image_column: str | None = None) -> list[Path]:
-    """Image files, every image below folders, and the images a CSV lists; in order, once each."""
+def resolve_inputs(inputs: list, *, image_column: str | None = None) -> list[Path]:
+    """Image files, every image below folders, and the images a CSV lists; in order, once each.
+
+    Paths are made absolute without resolving symlinks, so an image reached through a
+    linked folder keeps the name the collection knows it by.
+    """
     if not inputs:
         raise FeatkitError("no images given: pass image files, folders or a manifest CSV")
     found: list[Path] = []
@@ -121,91 +160,110 @@ def resolve_inputs(inputs: list[Path], *, image_column: str | None = None) -> li
             raise FeatkitError(f"{path} is neither an image ({', '.join(IMAGE_EXTENSIONS)}), a folder nor a CSV")
         else:
             raise FeatkitError(f"{path} does not exist")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
+    unique = list(dict.fromkeys(Path(os.path.abspath(p)) for p in found))
     if not unique:
         raise FeatkitError(f"no images found in {', '.join(map(str, inputs))}")
     return unique
 
 
+def collection_ids(manifest: Manifest, paths: list[Path]) -> dict[int, str]:
+    """Which inputs are images of ``manifest``: input position -> image id.
+
+    An input matches by its path below the manifest's folder, or — when it was reached
+    another way (a symlinked folder, an absolute path on the link's target) — by the
+    real folder it lies in, compared with the real folders of the manifest's images.
+    """
+    root = Path(os.path.abspath(manifest.root))
+    found: dict[int, str] = {}
+    unmatched: list[int] = []
+    for i, path in enumerate(paths):
+        try:
+            found[i] = path.relative_to(root).as_posix()
+        except ValueError:
+            unmatched.append(i)
+    if unmatched:
+        folders = {str(Path(i).parent) for i in manifest.ids}
+        real = {os.path.realpath(root / f): f for f in folders}
+        for i in unmatched:
+            folder = real.get(os.path.realpath(paths[i].parent))
+            if folder is not None:
+                found[i] = (Path(folder) / paths[i].name).as_posix()
+    known = manifest.contains(list(found.values())) if found else np.zeros(0, bool)
+    return {i: image_id for (i, image_id), ok in zip(found.items(), known) if ok}
+
+
 # -- features --------------------------------------------------------------------------
-def _from_store(model: LoadedModel, paths: list[Path], config: Config | None) -> dict[int, np.ndarray]:
-    if config is None:
+def _from_store(model: LoadedModel, paths: list[Path], manifest: Manifest | None,
+                store: FeatureStore | None) -> dict[int, np.ndarray]:
+    if manifest is None or store is None:
         return {}
-    store = FeatureStore(config.store_path)
-    key = model.meta.get("store_key") or f"{model.feature_space['backbone']}/{model.feature_space['variant']}"
+    key = model.meta.get("store_key") or store_key(model.feature_space["backbone"], model.feature_space["variant"])
     if not store.exists() or key not in store.keys():
         return {}
     problems = _mismatch(model.feature_space, store.meta(key))
     if problems:
         raise FeatkitError(
-            f"model {model.folder} does not match the store's {key} ({'; '.join(problems)}): it was fitted on "
-            "features made differently, so its predictions would be meaningless. Refit it on this store, or "
-            "predict with a model fitted on these features"
+            f"model {model.folder or '(in memory)'} does not match the store's {key} ({'; '.join(problems)}): it was "
+            "fitted on features made differently, so its predictions would be meaningless. Refit it on this store, "
+            "or predict with a model fitted on these features"
         )
-    root = config.manifest_path.parent.resolve() if config.manifest_path else (config.image_folder_path or config.root)
-    ids = {}
-    for i, path in enumerate(paths):
-        try:
-            ids[path.relative_to(Path(root).resolve()).as_posix()] = i
-        except ValueError:
-            continue
+    ids = collection_ids(manifest, paths)
     if not ids:
         return {}
-    features = store.load(key, ids=list(ids))
-    return {ids[image_id]: row for image_id, row in zip(features.ids, features.X)}
+    positions: dict[str, list[int]] = {}
+    for i, image_id in ids.items():  # one image may be reached by several paths (a link and its target)
+        positions.setdefault(image_id, []).append(i)
+    features = store.load(key, ids=list(positions))
+    return {i: row for image_id, row in zip(features.ids, features.X) for i in positions[str(image_id)]}
 
 
-def _embed(model: LoadedModel, paths: list[Path], config: Config | None,
-           settings: PredictSettings) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    from featkit.extract import (ExtractSettings, ImageDataset, default_workers, embed_batch, make_loader,
-                                 prepare_model, resolve_device, resolve_precision)
-    from featkit.pipeline import load_backbone
+def embed_in_space(space: dict, paths: list[Path], *, config: Config | None,
+                   settings: PredictSettings = PredictSettings(),
+                   what: str = "these features") -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Embed ``paths`` in memory in feature space ``space`` (backbone, weights, preprocessing, TTA).
 
-    space = model.feature_space
-    net = load_backbone(config or Config(root=Path.cwd(), name="predict"), space["backbone"],
-                        weights=space.get("weights"), variant=space.get("variant"))
+    Returns ``({position: features}, {position: reason})``. A backbone here that differs
+    from ``space`` (weights sha256, preprocessing, dimension) is refused.
+    """
+    from featkit.backbones.variants import load_backbone
+    from featkit.extract.runtime import Embedder, progress_bar
+
+    net = load_backbone(space["backbone"], weights=space.get("weights"), variant=space.get("variant"),
+                        config=config)
     found = {"backbone": net.name, "weights": net.weights, "weights_sha256": net.weights_sha256,
              "preprocess_fingerprint": net.preprocess.fingerprint, "dim": net.dim}
     problems = _mismatch(space, found)
     if problems:
         raise FeatkitError(
-            f"model {model.folder} was fitted on {space['backbone']}/{space['variant']} features, but the backbone "
-            f"available here differs ({'; '.join(problems)}); its predictions would be meaningless"
+            f"{what} were made with {space['backbone']}/{space['variant']}, but the backbone available here "
+            f"differs ({'; '.join(problems)}); new images embedded now would not be comparable"
         )
-    ExtractSettings(batch_size=settings.batch_size, workers=settings.workers, device=settings.device,
-                    precision=settings.precision).validate()
-    device = resolve_device(settings.device)
-    precision = resolve_precision(settings.precision, device)
-    pre = net.preprocess
-    dataset = ImageDataset([str(p) for p in paths], pre.image_transform(), pre.crop_size, draft_size=pre.resize_size)
-    workers = default_workers(device) if settings.workers is None else settings.workers
-    loader = make_loader(dataset, batch_size=settings.batch_size, workers=min(workers, max(1, len(paths) // 8)),
-                         device=device)
-    net_model = prepare_model(net, device, True)
+    tta = split_tta(str(space.get("variant", "")))[1]
+    embedder = Embedder.prepare(net, ExtractSettings(batch_size=settings.batch_size, workers=settings.workers,
+                                                     device=settings.device, precision=settings.precision, tta=tta,
+                                                     progress=settings.progress))
+    ids = np.arange(len(paths)).astype(str)  # positions as ids
     feats, errors = {}, {}
-    for positions, images, errs in loader:
-        positions = positions.tolist()
-        ok = [j for j, e in enumerate(errs) if not e]
-        for j, e in enumerate(errs):
-            if e:
-                errors[positions[j]] = e
-        if ok:
-            out = embed_batch(net_model, images[ok], net, device=device, precision=precision, channels_last=True)
-            feats.update({positions[j]: row for j, row in zip(ok, out)})
+    with progress_bar(settings.progress) as progress:
+        task = progress.add_task(f"embed {len(paths)} images", total=len(paths)) if progress else None
+        for batch in embedder.embed(ids, paths):
+            feats.update({int(i): row for i, row in zip(batch.ids, batch.features)})
+            errors.update({int(i): error for i, error in batch.failures})
+            if progress:
+                progress.update(task, advance=len(batch))
     return feats, errors
 
 
-def predict_images(
-    models: list[Path] | list[LoadedModel],
-    inputs: list[Path],
-    *,
-    config: Config | None = None,
-    settings: PredictSettings = PredictSettings(),
-) -> PredictResult:
-    """Labels and probabilities per task for every input image (see the module docstring)."""
-    loaded = [m if isinstance(m, LoadedModel) else None for m in models]
-    if any(m is None for m in loaded):
-        loaded = load_models([Path(m) for m in models])
+def predict_images(models: list, inputs: list, *, manifest: Manifest | None = None,
+                   store: FeatureStore | None = None,
+                   settings: PredictSettings = PredictSettings()) -> PredictResult:
+    """Labels and probabilities per task for every input image (see the module docstring).
+
+    ``models`` are run folders or fit results; ``manifest`` and ``store`` (a collection's)
+    let images of the collection reuse their stored rows.
+    """
+    loaded = load_models(list(models))
+    config = manifest.config if manifest is not None else None
     paths = resolve_inputs(inputs, image_column=settings.image_column or (config.image_column if config else None))
     rows = [{"image": _display(p), "error": None, "source": None} for p in paths]
     spaces: dict[tuple, list[LoadedModel]] = {}
@@ -214,9 +272,11 @@ def predict_images(
     counts = {"store": 0, "embedded": 0, "failed": 0}
     for group in spaces.values():
         first = group[0]
-        feats = _from_store(first, paths, config) if settings.use_store else {}
+        feats = _from_store(first, paths, manifest, store) if settings.use_store else {}
         rest = [i for i in range(len(paths)) if i not in feats]
-        embedded, errors = _embed(first, [paths[i] for i in rest], config, settings) if rest else ({}, {})
+        embedded, errors = (embed_in_space(first.feature_space, [paths[i] for i in rest], config=config,
+                                           settings=settings, what=f"model {first.folder or '(in memory)'}'s features")
+                            if rest else ({}, {}))
         for local, row in embedded.items():
             feats[rest[local]] = row
         for local, error in errors.items():
@@ -228,6 +288,7 @@ def predict_images(
         if not order:
             continue
         X = np.stack([feats[i] for i in order]).astype(np.float32)
+        embedded_rows = {rest[local] for local in embedded}
         for m in group:
             proba = m.pipeline.predict_proba(X)
             classes = [str(c) for c in m.pipeline.classes_]
@@ -235,34 +296,21 @@ def predict_images(
                 best = int(np.argmax(p))
                 rows[i][m.task] = {"label": classes[best], "probability": round(float(p[best]), 4),
                                    "probabilities": {c: round(float(v), 4) for c, v in zip(classes, p)}}
-                rows[i]["source"] = "embedded" if i in rest else "store"
-    models_info = [{"folder": str(m.folder), "task": m.task, "clf": m.meta["clf"], "classes": m.classes,
+                rows[i]["source"] = "embedded" if i in embedded_rows else "store"
+    models_info = [{"folder": str(m.folder) if m.folder else None, "task": m.task, "clf": m.meta["clf"],
+                    "classes": m.classes,
                     "feature_space": f"{m.feature_space['backbone']}/{m.feature_space['variant']}"} for m in loaded]
     return PredictResult(tasks=[m.task for m in loaded], rows=rows, sources=counts, models=models_info)
 
 
 def _display(path: Path) -> str:
     try:
-        return path.relative_to(Path.cwd().resolve()).as_posix()
+        return path.relative_to(Path.cwd()).as_posix()
     except ValueError:
         return str(path)
 
 
 def write_predictions_csv(result: PredictResult, path: Path) -> Path:
-    """``image, <task>, <task>_probability, <task>:<class>..., error`` per image."""
-    columns = ["image"]
-    for m in result.models:
-        columns += [m["task"], f"{m['task']}_probability", *(f"{m['task']}:{c}" for c in m["classes"])]
-    columns.append("error")
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        for row in result.rows:
-            out = [row["image"]]
-            for m in result.models:
-                pred = row.get(m["task"])
-                out += [pred["label"], pred["probability"], *(pred["probabilities"].get(c, "") for c in m["classes"])] \
-                    if pred else ["", "", *([""] * len(m["classes"]))]
-            out.append(row["error"] or "")
-            writer.writerow(out)
+    """``image, source, error`` and per task: label, probability, ``<task>:<class>`` columns."""
+    result.frame.to_csv(path, index=False)
     return Path(path)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from featkit.errors import FeatkitError
 
@@ -94,6 +96,21 @@ def render_markdown(report: dict) -> str:
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+def write_run(run_dir: Path, report: dict, predictions: pd.DataFrame, *, plot: bool,
+              extra_files: list[str] = ()) -> None:
+    """A fit run's files: report.json (written last, atomically), report.md, predictions.csv, the confusion PNG."""
+    files = ["report.json", "report.md", "predictions.csv"]
+    if plot:
+        plot_confusion(report, run_dir / "confusion_matrix.png")
+        files.append("confusion_matrix.png")
+    report["files"] = files + list(extra_files)
+    predictions.to_csv(run_dir / "predictions.csv", index=False, float_format="%.5f")
+    (run_dir / "report.md").write_text(render_markdown(report))
+    tmp = run_dir / f".report.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    tmp.replace(run_dir / "report.json")
 
 
 def _row(report: dict, run_dir: Path) -> dict:

@@ -46,15 +46,20 @@ def demo_config(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_store(demo_config):
     """The demo collection extracted with real MobileNetV2 weights; returns (config, key)."""
-    from featkit.data import load_collection
-    from featkit.extract import ExtractSettings
-    from featkit.pipeline import extract_collection
+    import featkit as fk
 
-    collection = load_collection(demo_config)
-    summary = extract_collection(demo_config, collection, "mobilenet_v2",
-                                 settings=ExtractSettings(progress=False, workers=1))
+    summary = fk.open(demo_config.root).extract_summary("mobilenet_v2", progress=False, workers=1)
     assert summary.failed == 0
     return demo_config, summary.key
+
+
+@pytest.fixture(scope="session")
+def demo_emb(demo_store):
+    """The demo collection's cached MobileNetV2 embeddings (featkit.api.Embeddings)."""
+    import featkit as fk
+
+    config, key = demo_store
+    return fk.open(config.root).embeddings(key=key)
 
 
 def _real_config(cache_root: Path, name: str, **fields):
@@ -71,18 +76,15 @@ def real_store(request, name: str, backbone: str = "mobilenet_v2", **fields):
 
     Extraction is resumable, so a later run only opens the store.
     """
-    from featkit.data import load_collection
-    from featkit.extract import ExtractSettings
-    from featkit.pipeline import extract_collection
-
+    from featkit.api import Collection
     from featkit.errors import FeatkitError
 
     cache_root = Path(request.config.cache.mkdir("featkit-real"))
     config = _real_config(cache_root, name, **fields)
-    collection = load_collection(config)
+    col = Collection(config)
     for _ in range(120):  # another test process may be extracting the same store: wait for it
         try:
-            summary = extract_collection(config, collection, backbone, settings=ExtractSettings(progress=False))
+            summary = col.extract_summary(backbone, progress=False)
             return config, summary.key
         except FeatkitError as err:
             if "being written by another" not in str(err):
@@ -95,6 +97,14 @@ def real_store(request, name: str, backbone: str = "mobilenet_v2", **fields):
 def porcelain_store(request):
     """cpac-porcelain (dynasty; source_split) extracted with real MobileNetV2."""
     return real_store(request, "cpac-porcelain", image_column="image", tasks=("dynasty",), split="source_split")
+
+
+def embeddings_of(store_fixture):
+    """(config, key) of a store fixture -> its featkit.api.Embeddings."""
+    from featkit.api import Collection
+
+    config, key = store_fixture
+    return Collection(config).embeddings(key=key)
 
 
 @pytest.fixture(scope="session")

@@ -119,19 +119,23 @@ def test_names_tags_and_errors():
     assert get_backbone_spec("resnet50").weights["imagenet1k_v2"].preprocess.resize_size == 232
 
 
-def test_a_plugin_registered_first_keeps_the_builtins(monkeypatch):
-    """register_backbone before any lookup used to leave the registry holding only the plug-in."""
-    monkeypatch.setattr(registry, "_REGISTRY", {})
-    monkeypatch.setattr(registry, "_builtins_loaded", False)
-    import featkit.backbones as package
+def test_a_plugin_sees_the_builtins_registered_first():
+    """The built-ins are registered when the package is imported (as timm's models are): a plug-in that
+    imports only the registry module finds them there and cannot take their names."""
+    import subprocess
 
-    for mod in ("builtin", "efficientnet_lite"):  # so they import (and register) afresh
-        monkeypatch.delitem(sys.modules, f"featkit.backbones.{mod}")
-        monkeypatch.delattr(package, mod)
-    register_backbone(BackboneSpec(name="tiny_plugin", dim=3, build=lambda tag: nn.Flatten()))
-    assert "resnet50" in list_backbones() and "tiny_plugin" in list_backbones()
-    with pytest.raises(ValueError, match="already registered"):
-        register_backbone(BackboneSpec(name="resnet50", dim=3, build=lambda tag: nn.Flatten()))
+    probe = ("from featkit.backbones.registry import BackboneSpec, list_backbones, register_backbone\n"
+             "import sys\n"
+             "assert 'torch' not in sys.modules, 'registering must not import torch'\n"
+             "register_backbone(BackboneSpec(name='tiny_plugin', dim=3, build=lambda tag: None))\n"
+             "assert 'resnet50' in list_backbones() and 'tiny_plugin' in list_backbones()\n"
+             "try:\n"
+             "    register_backbone(BackboneSpec(name='resnet50', dim=3, build=lambda tag: None))\n"
+             "except ValueError as err:\n"
+             "    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "backbone 'resnet50' is already registered" in out.stdout
 
 
 def test_mobilenet_v2_wheel_weights_equal_torchvision(torch_home):

@@ -19,7 +19,7 @@ runner = CliRunner()
 
 
 def _text(result) -> str:
-    return " ".join((result.stderr or result.output).split())
+    return " ".join((result.stderr or result.output).replace("│", " ").split())  # usage errors come in a panel
 
 
 @pytest.fixture

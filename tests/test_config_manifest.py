@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from featkit.config import CONFIG_NAME, Config, find_config
-from featkit.data import load_collection
+from featkit.data import load_manifest
 from featkit.errors import FeatkitError
 from featkit_cli.main import app
 
@@ -70,8 +70,8 @@ def test_init_infers_and_writes_toml(tmp_path, monkeypatch):
 
     config = find_config()
     assert config.store_path == tmp_path / "features" / f"{tmp_path.name}.h5"
-    collection = load_collection(config)
-    assert collection.ids[:5] == ("img/a.jpg", "img/b.jpg", "img/c.jpg", "img/d.jpg", "img/e.jpg")
+    collection = load_manifest(config)
+    assert list(collection.ids[:5]) == ["img/a.jpg", "img/b.jpg", "img/c.jpg", "img/d.jpg", "img/e.jpg"]
     assert len(collection) == 12
     assert list(collection.groups[:5]) == ["o1", "o1", "o2", "o3", "o3"]
     assert list(collection.split[:5]) == ["train", "train", "test", "train", "val"]
@@ -91,7 +91,7 @@ def test_init_every_setting_from_flags(tmp_path, monkeypatch):
     assert config.split == "split"
     assert config.store_path == tmp_path / "cache" / "pots.h5"
     # image paths are relative to the CSV, not to featkit.toml
-    collection = load_collection(config)
+    collection = load_manifest(config)
     assert collection.path("img/a.jpg") == (tmp_path / "data" / "img" / "a.jpg").resolve()
     assert collection.path("img/a.jpg").is_file()
 
@@ -134,7 +134,7 @@ def test_cli_path_flags_are_relative_to_the_cwd(tmp_path, monkeypatch):
 def test_empty_label_cells_are_unknown(tmp_path):
     csv = _write(tmp_path)
     config = Config(root=tmp_path, name="t", manifest=csv.relative_to(tmp_path), tasks=("dynasty", "glaze"))
-    collection = load_collection(config)
+    collection = load_manifest(config)
     dynasty = collection.task_labels("dynasty")
     glaze = collection.task_labels("glaze")
     assert dynasty.dtype == object and glaze.dtype == object
@@ -156,7 +156,7 @@ def test_image_folder_collection(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     config = find_config()
     assert config.image_folder == Path("imgs") and config.tasks == ("label",)
-    collection = load_collection(config)
+    collection = load_manifest(config)
     assert len(collection) == 5
     assert list(collection.task_labels("label")) == ["ming"] * 3 + ["qing"] * 2
     assert collection.ids[0] == "ming/0.png"
@@ -198,7 +198,7 @@ def test_missing_column_at_load_time(tmp_path):
     csv = _write(tmp_path)
     config = Config(root=tmp_path, name="t", manifest=Path(csv.name), tasks=("dynasty", "ware"), group="kiln")
     with pytest.raises(FeatkitError, match=r"'ware', 'kiln' not in labels.csv; its columns are: image, dynasty"):
-        load_collection(config)
+        load_manifest(config)
 
 
 def test_missing_manifest_and_missing_toml(tmp_path, monkeypatch):
@@ -234,7 +234,7 @@ def test_tasks_as_a_single_string_in_toml(tmp_path):
     (tmp_path / CONFIG_NAME).write_text(f'[collection]\nname = "x"\nmanifest = "{csv.name}"\ntasks = "dynasty"\n')
     config = find_config(tmp_path)
     assert config.tasks == ("dynasty",)
-    assert load_collection(config).tasks == ("dynasty",)
+    assert load_manifest(config).tasks == ("dynasty",)
 
 
 def test_config_round_trip_keeps_other_sections(tmp_path):
@@ -249,13 +249,13 @@ def test_config_round_trip_keeps_other_sections(tmp_path):
 def test_index_of_and_manifest_hash(tmp_path):
     csv = _write(tmp_path)
     config = Config(root=tmp_path, name="t", manifest=Path(csv.name), tasks=("dynasty",))
-    collection = load_collection(config)
+    collection = load_manifest(config)
     np.testing.assert_array_equal(collection.index_of(["img/c.jpg", "img/a.jpg"]), [2, 0])
     with pytest.raises(FeatkitError, match="'img/zz.jpg' is not in collection"):
         collection.index_of(["img/zz.jpg"])
     first = collection.manifest_hash
     csv.write_text(csv.read_text().replace("song", "yuan"))
-    assert load_collection(config).manifest_hash != first
+    assert load_manifest(config).manifest_hash != first
 
 
 def test_inferred_tasks_do_not_count_empty_cells_as_a_class(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@
 and once by a sequence of `featkit extract` processes that are each killed with SIGKILL:
 right at startup, mid-run after a seeded random number of logged batches (so the kills
 land mid-run on a machine of any speed), and while the store's log is being folded into
-the .h5 (a checkpoint). After every kill the store must open, every row
+a segment or the base (a checkpoint). After every kill the store must open, every row
 it calls done must equal the reference, and no done row may disappear; a last run
 resumes and the final features must equal the reference.
 """
@@ -25,9 +25,9 @@ import pytest
 
 from conftest import dataset_dir
 from featkit.config import Config
-from featkit.data import load_collection
+from featkit.data import load_manifest
 from featkit.extract import ExtractSettings
-from featkit.pipeline import extract_collection
+from featkit.api import Collection
 from featkit.store import FeatureStore, _iter_wal
 
 N_IMAGES = 150
@@ -57,13 +57,13 @@ def _collection(root: Path, source: Path) -> Config:
 
 
 def _copy_store(store: FeatureStore, folder: Path) -> FeatureStore:
-    """The .h5 and its log as a killed writer left them, in another folder."""
+    """The base, its segments and its log as a killed writer left them, in another folder."""
     import shutil
 
-    folder.mkdir()
-    for path in (store.path, store.wal_path):
-        if path.exists():
-            shutil.copyfile(path, folder / path.name)
+    for path in store.files():
+        target = folder / path.relative_to(store.path.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
     return FeatureStore(folder / store.path.name)
 
 
@@ -91,25 +91,25 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path):
     source = dataset_dir("cpac-porcelain")
     reference_cfg = _collection(tmp_path / "reference", source)
     crash_cfg = _collection(tmp_path / "crash", source)
-    ids = load_collection(crash_cfg).ids
+    ids = load_manifest(crash_cfg).ids
 
-    summary = extract_collection(reference_cfg, load_collection(reference_cfg), "mobilenet_v2",
+    summary = Collection(reference_cfg).extract_summary("mobilenet_v2",
                                  settings=ExtractSettings(progress=False, workers=0, batch_size=8, precision="fp32"))
     assert summary.computed == N_IMAGES and summary.failed == 0
     reference = FeatureStore(reference_cfg.store_path).load(KEY)
     ref_rows = dict(zip(reference.ids, reference.X))
 
     store = FeatureStore(crash_cfg.store_path)
-    tmp_copy = f".{store.path.name}."  # the checkpoint's temporary copy: .porcelain.h5.<pid>.tmp
     rng = np.random.default_rng(SEED)
 
     def in_checkpoint() -> bool:
-        return store.path.parent.is_dir() and any(n.startswith(tmp_copy) for n in os.listdir(store.path.parent))
+        """A segment or a new base is being written (under .<name>.<pid>.tmp)."""
+        return any(name.endswith(".tmp") for _, _, names in os.walk(store.path.parent) for name in names)
 
     def logging_rows(batches: int):
         """Holds once this run has logged ``batches`` batches of rows: mid-run on a machine of any speed."""
         def condition() -> bool:
-            return sum(header["type"] == "rows" for header, _, _ in _iter_wal(store.wal_path)) >= batches
+            return sum(record.header["type"] == "rows" for record in _iter_wal(store.wal_path)) >= batches
         return condition
 
     plan = [  # (what, wait for, delay after it)
@@ -136,7 +136,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path):
             assert proc.returncode == 0, proc.stderr.read().decode()
         # the store opens, holds only correct rows, and never loses one it had. Read a copy, so the
         # log the killed run left stays for the next run to replay as it starts (a checkpoint to kill)
-        view = _copy_store(store, tmp_path / f"view-{len(killed)}")
+        view = _copy_store(store, tmp_path / f"view-{len(killed)}" / "features")
         keys = view.keys()
         assert keys in ([], [KEY]), keys
         if keys:
@@ -159,5 +159,5 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path):
     resumed = store.load(KEY)
     assert list(resumed.ids) == list(ids) == list(reference.ids)
     np.testing.assert_allclose(resumed.X, reference.X, **TOL)
-    assert not store.wal_path.exists() and not list(store.path.parent.glob("*.tmp"))
+    assert not store.wal_path.exists() and not list(store.path.parent.rglob("*.tmp"))
     print("kills:", killed, "rows done before the last run:", len(done_before))

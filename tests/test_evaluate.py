@@ -7,8 +7,9 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score
 
 from featkit.errors import FeatkitError
-from featkit.evaluate import (EvalSettings, check_labels, class_counts, compute_metrics, cross_evaluate,
-                              evaluation_splits, out_of_fold_proba, rare_classes, tune_and_fit, build_head)
+from featkit.data.splits import check_labels, class_counts, evaluation_splits, rare_classes
+from featkit.evaluate import (EvalSettings, build_head, compute_metrics, cross_evaluate, out_of_fold_proba,
+                              tune_and_fit)
 
 
 def grouped_data(n_groups=60, per_group=5, dim=30, seed=0):
@@ -179,12 +180,12 @@ def test_wide_embeddings_get_pca_for_lgbm_only():
     assert decided["pca"]["used"] is None
 
 
-def test_collection_splits_cover_labelled_rows_and_keep_objects_together(demo_config):
-    from featkit.data import load_collection
-    from featkit.evaluate import collection_splits
+def test_manifest_splits_cover_labelled_rows_and_keep_objects_together(demo_config):
+    from featkit.data import load_manifest
+    from featkit.data.splits import manifest_splits
 
-    collection = load_collection(demo_config)
-    rows, splits = collection_splits(collection, task="glaze", cv=4)
+    collection = load_manifest(demo_config)
+    rows, splits = manifest_splits(collection, task="glaze", cv=4)
     assert len(rows) == len(collection) and splits.mode == "group"
     ids = np.asarray(collection.ids)[rows]
     for train, test in splits.folds:

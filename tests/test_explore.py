@@ -22,9 +22,9 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from featkit.config import Config
-from featkit.data import load_collection
+from featkit.data import load_manifest
 from featkit.errors import FeatkitError
-from featkit.explore.embeddings import resolve_key, resolve_keys
+from featkit.embeddings import resolve_key, resolve_keys
 from featkit.explore.duplicates import DuplicateSettings, find_duplicates
 from featkit.explore.label_issues import LabelIssueSettings, find_label_issues
 from featkit.explore.outliers import OutlierSettings, find_outliers
@@ -32,7 +32,7 @@ from featkit.explore.rank import rank_backbones
 from featkit.explore.separability import separability
 from featkit.explore.umap import UmapSettings, draw_umap, umap_coordinates
 from featkit.extract import ExtractSettings
-from featkit.pipeline import extract_collection
+from featkit.api import Collection
 from featkit.store import FeatureStore
 
 REAL = "mobilenet_v2/imagenet1k_v1"
@@ -70,18 +70,20 @@ def env(demo_store, tmp_path_factory):
     config = Config(root=root, name="vessels", manifest=Path("labels.csv"), image_column="image",
                     tasks=("form", "glaze", "decoration", "period", "museum"), group="object_id", split="split")
     config.write()
-    collection = load_collection(config)
+    collection = load_manifest(config)
     settings = ExtractSettings(progress=False, workers=0)
-    assert extract_collection(config, collection, "mobilenet_v2", settings=settings).computed == 1  # the copy
-    extract_collection(config, collection, "mobilenet_v2", weights="random", settings=settings)
+    assert Collection(config).extract_summary("mobilenet_v2", settings=settings).computed == 1  # the copy
+    Collection(config).extract_summary("mobilenet_v2", weights="random", settings=settings)
+    col = Collection(config)
     return SimpleNamespace(config=config, collection=collection, flipped=flipped, true_form=true_form,
-                           duplicate=(original["image"], "dup/copy.jpg"))
+                           duplicate=(original["image"], "dup/copy.jpg"), col=col,
+                           emb={key: col.embeddings(key=key) for key in (REAL, RANDOM)})
 
 
 # -- UMAP ---------------------------------------------------------------------------------
 def test_umap_is_cached_in_the_store_and_drawn_per_task(env, monkeypatch):
     settings = UmapSettings(n_neighbors=10, max_thumbnails=20)
-    report = draw_umap(env.config, key=REAL, tasks=("form", "glaze"), settings=settings, collection=env.collection)
+    report = draw_umap(env.emb[REAL], tasks=("form", "glaze"), settings=settings)
     r = report.result
     assert r.coords.shape == (81, 2) and np.isfinite(r.coords).all() and not r.cached
     assert set(r.ids) == set(env.collection.ids)
@@ -100,19 +102,17 @@ def test_umap_is_cached_in_the_store_and_drawn_per_task(env, monkeypatch):
         raise AssertionError("a cached UMAP must not be fitted again")
 
     monkeypatch.setattr(umap_module, "compute_umap", no_fit)
-    again = umap_coordinates(env.config, key=REAL, settings=UmapSettings(n_neighbors=10, png=False),
-                             collection=env.collection)
+    again = umap_coordinates(env.emb[REAL], settings=UmapSettings(n_neighbors=10, png=False))
     assert again.cached and again.aux_name == r.aux_name
     np.testing.assert_array_equal(again.coords, r.coords)
     np.testing.assert_array_equal(again.ids, r.ids)
     with pytest.raises(AssertionError, match="must not be fitted"):  # other parameters: another cache entry
-        umap_coordinates(env.config, key=REAL, settings=UmapSettings(n_neighbors=11), collection=env.collection)
+        umap_coordinates(env.emb[REAL], settings=UmapSettings(n_neighbors=11))
 
 
 def test_umap_neighbourhoods_follow_the_form(env):
     """The 2-D map keeps what the embedding separates: an image's nearest point mostly shares its form."""
-    result = umap_coordinates(env.config, key=REAL, settings=UmapSettings(n_neighbors=10),
-                              collection=env.collection)
+    result = umap_coordinates(env.emb[REAL], settings=UmapSettings(n_neighbors=10))
     forms = np.array([env.true_form.get(i, env.true_form.get("images/" + Path(i).name)) for i in result.ids])
     known = np.array([f is not None for f in forms])
     d = np.linalg.norm(result.coords[:, None] - result.coords[None], axis=2)
@@ -123,20 +123,20 @@ def test_umap_neighbourhoods_follow_the_form(env):
 
 def test_umap_bad_input(env):
     with pytest.raises(FeatkitError, match="needs more than 100 embedded images, but there are only 81"):
-        umap_coordinates(env.config, key=REAL, settings=UmapSettings(n_neighbors=100), collection=env.collection)
+        umap_coordinates(env.emb[REAL], settings=UmapSettings(n_neighbors=100))
     with pytest.raises(FeatkitError, match=r"no features for resnet50/\*; it holds: mobilenet_v2/imagenet1k_v1, "
                                            r"mobilenet_v2/random"):
-        resolve_key(env.config, backbone="resnet50")
+        resolve_key(env.col.store, backbone="resnet50")
     with pytest.raises(FeatkitError, match="several feature sets"):
-        resolve_key(env.config)
-    assert resolve_keys(env.config) == [REAL, RANDOM]
+        resolve_key(env.col.store)
+    assert resolve_keys(env.col.store) == [REAL, RANDOM]
     with pytest.raises(FeatkitError, match="unknown task 'shape'; valid choices: form, glaze"):
-        draw_umap(env.config, key=REAL, tasks="shape", collection=env.collection)
+        draw_umap(env.emb[REAL], tasks="shape")
 
 
 # -- separability -------------------------------------------------------------------------
 def test_separability_compares_backbones_side_by_side(env):
-    report = separability(env.config, keys=[REAL, RANDOM], collection=env.collection)
+    report = separability([env.emb[REAL], env.emb[RANDOM]])
     assert {(r["key"], r["task"]) for r in report.rows} == {(k, t) for k in (REAL, RANDOM)
                                                           for t in ("form", "glaze", "decoration", "period")}
     assert [s["task"] for s in report.skipped] == ["museum", "museum"]
@@ -149,13 +149,12 @@ def test_separability_compares_backbones_side_by_side(env):
     assert sorted(r["class"] for r in per_class) == ["bowl", "jar", "plate", "vase"]
     assert sum(r["n"] for r in per_class) == 81
     with pytest.raises(FeatkitError, match="task 'museum' has only class 'British Museum'"):
-        separability(env.config, keys=[REAL], tasks="museum", collection=env.collection)
+        separability([env.emb[REAL]], tasks="museum")
 
 
 # -- outliers -----------------------------------------------------------------------------
 def test_mislabelled_objects_are_the_outliers_of_their_new_class(env, tmp_path):
-    report = find_outliers(env.config, key=REAL, task="form", settings=OutlierSettings(top=12), out=tmp_path,
-                           collection=env.collection)
+    report = find_outliers(env.emb[REAL], "form", settings=OutlierSettings(top=12), out=tmp_path)
     scores = report.scores
     for new in FLIPS.values():  # the demo's plates include a few genuinely odd ones, so ranks not all first
         in_class = scores[scores["class"] == new]
@@ -171,8 +170,7 @@ def test_mislabelled_objects_are_the_outliers_of_their_new_class(env, tmp_path):
 
 # -- label issues -------------------------------------------------------------------------
 def test_label_issues_find_the_flipped_forms_and_suggest_the_true_one(env, tmp_path):
-    report = find_label_issues(env.config, key=REAL, task="form", settings=LabelIssueSettings(C=0.1), out=tmp_path,
-                               collection=env.collection)
+    report = find_label_issues(env.emb[REAL], "form", settings=LabelIssueSettings(C=0.1), out=tmp_path)
     frame = report.frame
     found = frame[frame["id"].isin(env.flipped)]
     assert len(found) >= 6  # of the 8 flipped images
@@ -188,7 +186,7 @@ def test_label_issues_find_the_flipped_forms_and_suggest_the_true_one(env, tmp_p
 
 # -- duplicates and leaks -----------------------------------------------------------------
 def test_duplicates_flag_the_copied_photo_as_a_leak(env, tmp_path):
-    report = find_duplicates(env.config, key=REAL, out=tmp_path, collection=env.collection)
+    report = find_duplicates(env.emb[REAL], out=tmp_path)
     pairs = report.pairs
     original, copy = env.duplicate
     hit = pairs[(pairs["id_a"] == original) & (pairs["id_b"] == copy) | (pairs["id_a"] == copy) & (pairs["id_b"] == original)]
@@ -198,8 +196,7 @@ def test_duplicates_flag_the_copied_photo_as_a_leak(env, tmp_path):
     same = pairs[~pairs["leak"]]
     assert (same["group_a"] == same["group_b"]).all() and (same["split_a"] == same["split_b"]).all()
     assert copy in report.leaked_ids("val") and original in report.leaked_ids("train")
-    strict = find_duplicates(env.config, key=REAL, settings=DuplicateSettings(threshold=0.999), out=tmp_path,
-                             collection=env.collection)
+    strict = find_duplicates(env.emb[REAL], settings=DuplicateSettings(threshold=0.999), out=tmp_path)
     assert len(strict.pairs) == 1
     with pytest.raises(FeatkitError, match="threshold is a cosine similarity"):
         DuplicateSettings(threshold=1.5).validate()
@@ -207,13 +204,13 @@ def test_duplicates_flag_the_copied_photo_as_a_leak(env, tmp_path):
 
 # -- ranking ------------------------------------------------------------------------------
 def test_rank_puts_logme_beside_the_probe(env):
-    from featkit.heads.run import FitSettings, fit_tasks
+    from featkit.fit import FitSettings, fit_tasks
 
-    settings = FitSettings(params={"C": (0.1,)}, save_model=False, plot=False, split="group")
-    for variant in ("imagenet1k_v1", "random"):
-        fit_tasks(env.config, tasks=["form", "decoration"], clf="logreg", backbone="mobilenet_v2", variant=variant,
-                  settings=settings)
-    report = rank_backbones(env.config, keys=[REAL, RANDOM], collection=env.collection)
+    settings = FitSettings(params={"C": (0.1,)}, refit=False, plot=False, split="group")
+    for key in (REAL, RANDOM):
+        for result in fit_tasks(env.emb[key], ["form", "decoration"], "logreg", settings=settings):
+            result.save()
+    report = rank_backbones([env.emb[REAL], env.emb[RANDOM]])
     rows = {(r["key"], r["task"]): r for r in report.rows}
     assert rows[(REAL, "form")]["logme"] > rows[(RANDOM, "form")]["logme"]
     assert rows[(REAL, "form")]["rank_logme"] == 1
@@ -282,7 +279,8 @@ def test_cli_commands_print_json(env):
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(env, args, message):
     out = cli(env, *args)
-    assert out.exit_code == 2 and message in out.output and "Traceback" not in out.output
+    flat = " ".join(out.output.replace("│", " ").split())  # rich wraps long messages in a panel
+    assert out.exit_code == 2 and message in flat and "Traceback" not in out.output
 
 
 def test_cli_without_matplotlib_names_the_extra(env, monkeypatch):
@@ -292,13 +290,3 @@ def test_cli_without_matplotlib_names_the_extra(env, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     out = cli(env, "outliers", "--variant", "imagenet1k_v1", "--task", "form")
     assert out.exit_code == 2 and "featkit[plot]" in out.output and "Traceback" not in out.output
-
-
-def test_demo_step_draws_umap_and_prints_separability(env):
-    from featkit.explore.demo import demo_step
-
-    config = env.config.replace(tasks=("form", "glaze"))
-    result = demo_step(config, load_collection(config), REAL, {"progress": False})
-    assert Path(result["umap"]["html"]).is_file() and set(result["umap"]["png"]) == {"form", "glaze"}
-    assert [line.split()[1] for line in result["lines"][1:]] == ["form", "glaze"]
-    assert "k-NN balanced accuracy" in result["lines"][1]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from featkit.data import load_collection
+from conftest import embeddings_of
+from featkit.api import Collection
 from featkit.explore.duplicates import DuplicateSettings, find_duplicates
 from featkit.explore.separability import SeparabilitySettings, separability
 
@@ -22,7 +23,8 @@ def test_porcelain_val_rows_that_duplicate_train_rows_are_found(porcelain_store,
     truth = {row.image for row in frame.itertuples() if row.source_split == "val" and row.duplicate_of
              and split.get(row.duplicate_of) == "train"}
     assert len(truth) == 46
-    report = find_duplicates(config, key=key, settings=DuplicateSettings(threshold=threshold), out=tmp_path)
+    report = find_duplicates(embeddings_of(porcelain_store), settings=DuplicateSettings(threshold=threshold),
+                             out=tmp_path)
     leaks = report.leaks
     assert (leaks["leak_reason"] == "split").all()  # no group column here: only the split can leak
     flagged = report.leaked_ids("val")
@@ -40,10 +42,9 @@ def test_porcelain_val_rows_that_duplicate_train_rows_are_found(porcelain_store,
 def test_clothing_separability_is_group_aware_and_above_chance(clothing_store):
     """Photos by one sender share a background: leaving the sender out is the honest k-NN."""
     config, key = clothing_store
-    collection = load_collection(config)
-    grouped = separability(config, keys=[key], tasks="label", collection=collection,
+    grouped = separability([embeddings_of(clothing_store)], tasks="label",
                            settings=SeparabilitySettings(max_points=3000))
-    ungrouped = separability(config.replace(group=""), keys=[key], tasks="label",
+    ungrouped = separability([Collection(config.replace(group="")).embeddings(key=key)], tasks="label",
                              settings=SeparabilitySettings(max_points=3000))
     g, u = grouped.rows[0], ungrouped.rows[0]
     print(f"clothing label: kNN balanced accuracy {g['knn_balanced_accuracy']:.3f} leaving the sender out, "

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from featkit.errors import FeatkitError
-from featkit.explore.embeddings import group_codes
+from featkit.embeddings import group_codes
 from featkit.explore.duplicates import label_conflicts, leak_reasons
 from featkit.explore.html import page_data, render_page
 from featkit.explore.label_issues import confident_learning
@@ -345,20 +345,17 @@ def test_html_page_script_runs_hover_filter_and_task_switch(tmp_path):
     assert "of 40 points shown" in out["stats"]
 
 
-@pytest.mark.parametrize("heads_installed", [True, False])
-def test_out_of_fold_probabilities_find_flipped_labels(heads_installed, monkeypatch):
-    """featkit.evaluate's group-aware folds, or plain sklearn when the heads module is missing."""
+def test_out_of_fold_probabilities_find_flipped_labels():
+    """featkit.evaluate's group-aware folds: both views of an object are predicted by a head that saw neither."""
     from featkit.explore.label_issues import LabelIssueSettings, out_of_fold
 
-    if not heads_installed:
-        monkeypatch.setitem(sys.modules, "featkit.evaluate", None)
     X, y = clusters(20, 3, 16, spread=0.4, seed=5)
     y = y.astype(object)
     groups = np.array([f"o{i // 2}" for i in range(len(y))], dtype=object)
     flipped = [0, 1, 30, 31]  # both views of two objects
     y[[0, 1]], y[[30, 31]] = "c2", "c0"
     proba, classes, source = out_of_fold(X, y, groups, LabelIssueSettings(C=0.1))
-    assert ("out_of_fold_proba" in source) == heads_installed and classes == ["c0", "c1", "c2"]
+    assert "out_of_fold_proba" in source and classes == ["c0", "c1", "c2"]
     assert proba.shape == (60, 3) and np.allclose(proba.sum(axis=1), 1)
     issues = confident_learning(proba, y, classes)
     assert set(flipped) <= set(issues.issues["position"]) and len(issues.issues) <= 6

@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import featkit.extract as fx
+import featkit.extract.decode as decode
+import featkit.extract.runtime as fx
+from featkit.api import Collection
+from featkit.backbones import create_backbone
 from featkit.config import Config
-from featkit.data import load_collection
+from featkit.data import load_manifest
 from featkit.errors import FeatkitError
 from featkit.extract import ExtractSettings, extract, resolve_precision
-from featkit.pipeline import extract_collection
 from featkit.store import FeatureStore
 
 FP32 = ExtractSettings(progress=False, workers=0, batch_size=8, precision="fp32")
@@ -54,15 +56,15 @@ def _config(vessels: Config, tmp_path: Path, **changes) -> Config:
 
 def test_resume_computes_only_rows_not_done(vessels, tmp_path, spy):
     config = _config(vessels, tmp_path)
-    collection = load_collection(config)
-    first = extract_collection(config, collection, "mobilenet_v2",
+    collection = load_manifest(config)
+    first = Collection(config).extract_summary("mobilenet_v2",
                                settings=ExtractSettings(**{**FP32.__dict__, "limit": 5}))
     assert (first.computed, first.already_done, first.remaining) == (5, 0, 7)
     assert sum(spy) == 5
-    second = extract_collection(config, collection, "mobilenet_v2", settings=FP32)
+    second = Collection(config).extract_summary("mobilenet_v2", settings=FP32)
     assert (second.computed, second.already_done, second.remaining) == (7, 5, 0)
     assert sum(spy) == 12
-    third = extract_collection(config, collection, "mobilenet_v2", settings=FP32)
+    third = Collection(config).extract_summary("mobilenet_v2", settings=FP32)
     assert (third.computed, third.already_done) == (0, 12)
     assert sum(spy) == 12  # nothing recomputed
 
@@ -70,7 +72,7 @@ def test_resume_computes_only_rows_not_done(vessels, tmp_path, spy):
     assert list(resumed.ids) == list(collection.ids)
     # the same rows as one uninterrupted run (another store)
     fresh_cfg = vessels.replace(store=tmp_path / "fresh.h5")
-    extract_collection(fresh_cfg, collection, "mobilenet_v2", settings=FP32)
+    Collection(fresh_cfg).extract_summary("mobilenet_v2", settings=FP32)
     fresh = FeatureStore(fresh_cfg.store_path).load(second.key)
     # fp32 on CPU: a row's value may depend on which rows share its batch (oneDNN picks kernels by batch
     # shape), at the level of float32 rounding, hence a tolerance far below any real difference
@@ -84,11 +86,11 @@ def test_new_manifest_rows_extend_the_store(vessels, tmp_path, spy):
     csv = tmp_path / "labels.csv"
     csv.write_text("\n".join(rows[:6]) + "\n")  # header + 5 images
     config = Config(root=tmp_path, name="grow", manifest=Path("labels.csv"), tasks=("glaze",))
-    first = extract_collection(config, load_collection(config), "mobilenet_v2", settings=FP32)
+    first = Collection(config).extract_summary("mobilenet_v2", settings=FP32)
     assert first.computed == 5
     csv.write_text("\n".join(rows) + "\n")
-    grown = load_collection(config)
-    second = extract_collection(config, grown, "mobilenet_v2", settings=FP32)
+    grown = load_manifest(config)
+    second = Collection(config).extract_summary("mobilenet_v2", settings=FP32)
     assert (second.computed, second.already_done, second.total) == (7, 5, 12)
     assert sum(spy) == 12
     store = FeatureStore(config.store_path)
@@ -98,18 +100,22 @@ def test_new_manifest_rows_extend_the_store(vessels, tmp_path, spy):
 
 def test_other_weights_are_never_mixed(vessels, tmp_path):
     config = _config(vessels, tmp_path)
-    collection = load_collection(config)
+    collection = load_manifest(config)
     limited = ExtractSettings(**{**FP32.__dict__, "limit": 4})
-    real = extract_collection(config, collection, "mobilenet_v2", settings=limited)
+    real = Collection(config).extract_summary("mobilenet_v2", settings=limited)
     assert real.key == "mobilenet_v2/imagenet1k_v1"
-    # random weights under the pretrained variant's name: refused, nothing written
-    with pytest.raises(FeatkitError, match="already holds mobilenet_v2/imagenet1k_v1 made differently.*weights sha256"):
-        extract_collection(config, collection, "mobilenet_v2", weights="random", variant="imagenet1k_v1",
-                           settings=limited)
+    # a variant that names weights cannot hold others
+    with pytest.raises(FeatkitError, match="variant 'imagenet1k_v1' names weights, but weights 'random' were asked"):
+        Collection(config).extract_summary("mobilenet_v2", weights="random", variant="imagenet1k_v1",
+                                           settings=limited)
     # under their own variant they live side by side
-    rand = extract_collection(config, collection, "mobilenet_v2", weights="random", settings=limited)
+    rand = Collection(config).extract_summary("mobilenet_v2", weights="random", settings=limited)
     assert rand.key == "mobilenet_v2/random"
-    named = extract_collection(config, collection, "mobilenet_v2", variant="second-copy", settings=limited)
+    named = Collection(config).extract_summary("mobilenet_v2", variant="second-copy", settings=limited)
+    # random weights into a group of pretrained rows: refused by the store, nothing written
+    with pytest.raises(FeatkitError, match="already holds mobilenet_v2/second-copy made differently.*weights sha256"):
+        Collection(config).extract_summary("mobilenet_v2", weights="random", variant="second-copy",
+                                           settings=limited)
     store = FeatureStore(config.store_path)
     assert store.keys() == ["mobilenet_v2/imagenet1k_v1", "mobilenet_v2/random", "mobilenet_v2/second-copy"]
     a, b, r = (store.load(k).X for k in (real.key, named.key, rand.key))
@@ -120,11 +126,11 @@ def test_other_weights_are_never_mixed(vessels, tmp_path):
 
 def test_bf16_autocast_agrees_with_fp32(vessels, tmp_path):
     config = _config(vessels, tmp_path)
-    collection = load_collection(config)
-    s32 = extract_collection(config, collection, "mobilenet_v2", variant="fp32",
+    collection = load_manifest(config)
+    s32 = Collection(config).extract_summary("mobilenet_v2", variant="fp32",
                              settings=ExtractSettings(**{**FP32.__dict__, "limit": 6}))
     bf = ExtractSettings(progress=False, workers=0, batch_size=8, precision="bf16", limit=6)
-    s16 = extract_collection(config, collection, "mobilenet_v2", variant="bf16", settings=bf)
+    s16 = Collection(config).extract_summary("mobilenet_v2", variant="bf16", settings=bf)
     assert (s32.precision, s16.precision) == ("fp32", "bf16")
     store = FeatureStore(config.store_path)
     x, y = store.load(s32.key).X, store.load(s16.key).X
@@ -136,7 +142,7 @@ def test_bf16_autocast_agrees_with_fp32(vessels, tmp_path):
 def test_float16_storage_through_extract(vessels, tmp_path):
     config = _config(vessels, tmp_path)
     settings = ExtractSettings(**{**FP32.__dict__, "storage_dtype": "float16", "limit": 5})
-    summary = extract_collection(config, load_collection(config), "mobilenet_v2", settings=settings)
+    summary = Collection(config).extract_summary("mobilenet_v2", settings=settings)
     info = FeatureStore(config.store_path).info()["groups"][0]
     assert info["dtype"] == "float16" and info["done"] == 5 and summary.computed == 5
 
@@ -155,8 +161,8 @@ def test_float16_storage_through_extract(vessels, tmp_path):
 def test_bad_settings_name_the_value(vessels, tmp_path, changes, message):
     config = _config(vessels, tmp_path)
     with pytest.raises(FeatkitError, match=message.replace("(", r"\(")):
-        extract(load_collection(config), "mobilenet_v2", store=FeatureStore(config.store_path),
-                settings=ExtractSettings(**{**FP32.__dict__, **changes}))
+        extract(load_manifest(config), create_backbone("mobilenet_v2", weights="random"),
+                store=FeatureStore(config.store_path), settings=ExtractSettings(**{**FP32.__dict__, **changes}))
     assert not config.store_path.exists()
 
 
@@ -182,9 +188,9 @@ def test_gpu_extract_matches_cpu(vessels, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     config = _config(vessels, tmp_path)
-    collection = load_collection(config)
-    cpu = extract_collection(config, collection, "mobilenet_v2", variant="cpu", settings=FP32)
-    gpu = extract_collection(config, collection, "mobilenet_v2", variant="gpu",
+    collection = load_manifest(config)
+    cpu = Collection(config).extract_summary("mobilenet_v2", variant="cpu", settings=FP32)
+    gpu = Collection(config).extract_summary("mobilenet_v2", variant="gpu",
                              settings=ExtractSettings(progress=False, workers=2, device="cuda", precision="fp32"))
     assert gpu.device.startswith("cuda")
     store = FeatureStore(config.store_path)
@@ -207,9 +213,9 @@ def test_decoders_yield_to_the_network_on_cpu():
             return os.nice(0)
 
     base = os.nice(0)
-    cpu = fx.make_loader(Niceness(), batch_size=2, workers=1, device=torch.device("cpu"))
+    cpu = decode.make_loader(Niceness(), batch_size=2, workers=1, device=torch.device("cpu"))
     assert next(iter(cpu)).tolist() == [min(base + 10, 19)] * 2
-    inline = fx.make_loader(Niceness(), batch_size=2, workers=0, device=torch.device("cpu"))
+    inline = decode.make_loader(Niceness(), batch_size=2, workers=0, device=torch.device("cpu"))
     assert next(iter(inline)).tolist() == [base] * 2 and os.nice(0) == base  # never the main process
 
 

@@ -13,7 +13,7 @@ import torch
 from featkit.backbones import create_backbone, list_backbones
 from featkit.backbones.weights import file_sha256
 from featkit.config import Config
-from featkit.data import load_collection
+from featkit.data import load_manifest
 from featkit.errors import FeatkitError
 from featkit.finetune import Augment, FinetuneSettings, finetune, run_paths
 from featkit.finetune.blocks import block_parameters, set_trainable, trunk_blocks
@@ -45,7 +45,7 @@ def _copy_config(config: Config, tmp_path: Path, **extra_columns) -> Config:
 def trained(demo_config, tmp_path_factory):
     """Three real epochs on the demo vessels (glaze + form), in a private copy of the collection."""
     config = _copy_config(demo_config, tmp_path_factory.mktemp("ft"))
-    collection = load_collection(config)
+    collection = load_manifest(config)
     result = finetune(config, collection, settings=QUICK)
     return config, collection, result
 
@@ -148,7 +148,7 @@ def test_cascade_feeds_parent_probabilities_to_the_child():
 
 # -- splits --------------------------------------------------------------------------------
 def test_holdout_never_splits_a_group(demo_config):
-    collection = load_collection(demo_config)
+    collection = load_manifest(demo_config)
     split = make_split(collection, "glaze", val_fraction=0.15, test_fraction=0.2, seed=0)
     parts = [set(collection.groups[getattr(split, p)]) for p in ("train", "val", "test")]
     assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
@@ -166,7 +166,7 @@ def test_published_train_val_split_holds_out_val(demo_config, tmp_path):
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    collection = load_collection(config.replace(split="split"))
+    collection = load_manifest(config.replace(split="split"))
     split = make_split(collection, "glaze")
     ids = np.asarray(collection.ids)
     assert {i for i in ids[split.test]} == {r["image"] for r in rows if r["split"] == "val"}
@@ -196,16 +196,18 @@ def test_finetune_loss_falls_and_reports_like_fit(trained):
 
 
 def test_finetuned_variant_goes_into_the_store(trained):
+    from featkit.api import Collection
+    from featkit.backbones import load_backbone
+    from featkit.embeddings import resolve_key
     from featkit.extract import ExtractSettings
-    from featkit.pipeline import extract_collection
     from featkit.store import FeatureStore
 
     config, collection, result = trained
-    summary = extract_collection(config, collection, "mobilenet_v2", variant="finetuned-glaze+form",
+    summary = Collection(config).extract_summary("mobilenet_v2", variant="finetuned-glaze+form",
                                  settings=ExtractSettings(progress=False, workers=0, precision="fp32"))
     assert summary.key == "mobilenet_v2/finetuned-glaze+form" and summary.computed == len(collection)
     store = FeatureStore(config.store_path)
-    assert store.resolve_key("mobilenet_v2", "finetuned-glaze+form") == summary.key
+    assert resolve_key(store, backbone="mobilenet_v2", variant="finetuned-glaze+form") == summary.key
     meta = store.meta(summary.key)
     assert meta["weights_sha256"] == file_sha256(run_paths(config, result.run).trunk)
     assert meta["preprocess"]["crop_size"] == 64
@@ -214,19 +216,20 @@ def test_finetuned_variant_goes_into_the_store(trained):
     # the cached rows are the fine-tuned trunk's embeddings, not ImageNet's
     frozen = create_backbone("mobilenet_v2").eval()
     x = torch.randn(2, 3, 64, 64)
-    from featkit.pipeline import load_backbone
-    tuned = load_backbone(config, "mobilenet_v2", variant="finetuned-glaze+form")
+    tuned = load_backbone("mobilenet_v2", variant="finetuned-glaze+form", config=config)
     with torch.no_grad():
         assert not torch.allclose(frozen(x), tuned(x))
     with pytest.raises(FeatkitError, match="Variants there: finetuned-glaze\\+form"):
-        load_backbone(config, "mobilenet_v2", variant="finetuned-nothing")
+        load_backbone("mobilenet_v2", variant="finetuned-nothing", config=config)
     with pytest.raises(FeatkitError, match="is a fine-tuned mobilenet_v2, not resnet18"):
-        load_backbone(config, "resnet18", variant="finetuned-glaze+form")
+        load_backbone("resnet18", variant="finetuned-glaze+form", config=config)
+    with pytest.raises(FeatkitError, match="belongs to a collection"):
+        load_backbone("mobilenet_v2", variant="finetuned-glaze+form")
 
 
 def test_interrupted_run_resumes_to_the_same_result(demo_config, tmp_path):
     config = _copy_config(demo_config, tmp_path)
-    collection = load_collection(config)
+    collection = load_manifest(config)
     settings = QUICK.replace(epochs=2, steps_per_epoch=2, train_blocks=2, unfreeze_every=1, dropout=0.3,
                              task_weighting="uncertainty", class_weights="effective",
                              augment=Augment.from_names(["hflip", "crop"]))
@@ -269,7 +272,7 @@ def test_interrupted_run_resumes_to_the_same_result(demo_config, tmp_path):
 # -- bad input -----------------------------------------------------------------------------
 def test_bad_tasks_are_refused_before_training(demo_config, tmp_path):
     config = _copy_config(demo_config, tmp_path, museum="british")
-    collection = load_collection(config)
+    collection = load_manifest(config)
     with pytest.raises(FeatkitError, match="unknown task 'ware'; valid choices: form, glaze"):
         finetune(config, collection, settings=QUICK.replace(tasks=("glaze", "ware")))
     with pytest.raises(FeatkitError, match="task 'museum' has 1 class \\('british' on all 80"):
@@ -288,7 +291,7 @@ def test_gpu_out_of_memory_says_to_lower_the_batch_size(demo_config, tmp_path, m
     monkeypatch.setattr(Trainer, "train_epoch", oom)
     config = _copy_config(demo_config, tmp_path)
     with pytest.raises(FeatkitError, match="out of GPU memory .* batch size 16; rerun with --batch-size 8"):
-        finetune(config, load_collection(config), settings=QUICK)
+        finetune(config, load_manifest(config), settings=QUICK)
 
 
 def test_cli_compare_single_and_multi_task_on_one_split(demo_config, tmp_path):
@@ -333,7 +336,7 @@ def test_finetune_on_gpu_with_mixed_precision(demo_config, tmp_path, precision):
         pytest.skip("this GPU has no bf16")
     config = _copy_config(demo_config, tmp_path)
     settings = QUICK.replace(device="cuda", precision=precision, train_blocks=None, epochs=2, workers=2)
-    result = finetune(config, load_collection(config), settings=settings)
+    result = finetune(config, load_manifest(config), settings=settings)
     history = json.loads(run_paths(config, result.run).history.read_text())
     assert result.report["precision"] == precision and result.report["device"].startswith("cuda")
     assert all(np.isfinite(h["train_loss"][t]) for h in history for t in settings.tasks)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from featkit.backbones.weights import file_sha256
-from featkit.data import load_collection
+from featkit.data import load_manifest
 from featkit.evaluate import EvalSettings
 from featkit.extract import ExtractSettings
 from featkit.finetune import FinetuneSettings, finetune, run_paths
@@ -35,7 +35,7 @@ def _bench():
 def test_clothing_finetune_against_frozen_probe(tmp_path, capsys):
     source = dataset_dir("clothing")
     config = _bench().subset_collection(tmp_path, images=240, seed=1, source=source)
-    collection = load_collection(config)
+    collection = load_manifest(config)
     settings = FinetuneSettings(tasks=("label", "kids"), run="ci", epochs=2, image_size=96, train_blocks=3,
                                 class_weights="balanced", warmup_epochs=0, patience=0, workers=0, progress=False)
     result = finetune(config, collection, settings=settings)

@@ -21,10 +21,10 @@ from _manifest import write_manifest
 
 from featkit.backbones import Preprocess
 from featkit.config import Config
-from featkit.data import load_collection
+from featkit.data import load_manifest
 from featkit.extract import ExtractSettings
-from featkit.gpu import DecodeSpec, decode_resize, gpu_decode_wanted, jpeg_bytes, prefetched, resize_crop
-from featkit.pipeline import extract_collection
+from featkit.extract.gpu import DecodeSpec, decode_resize, gpu_decode_wanted, jpeg_bytes, prefetched, resize_crop
+from featkit.api import Collection
 from featkit.store import FeatureStore
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -126,7 +126,7 @@ def test_auto_means_on_for_cuda_only():
 
 def _extract(config: Config, tmp_path: Path, name: str, **settings):
     cfg = config.replace(store=tmp_path / f"{name}.h5")
-    summary = extract_collection(cfg, load_collection(cfg), "mobilenet_v2",
+    summary = Collection(cfg).extract_summary("mobilenet_v2",
                                  settings=ExtractSettings(progress=False, workers=0, batch_size=8, **settings))
     return summary, FeatureStore(cfg.store_path)
 

@@ -10,9 +10,9 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from featkit.errors import FeatkitError
-from featkit.heads.builtin import BalancedCalibratedClassifierCV
-from featkit.heads import (HeadSpec, create_head, list_heads, list_samplers, make_head, rebalance_choices,
+from featkit.heads import (HeadSpec, create_head, list_heads, list_samplers, parse_params, rebalance_choices,
                            register_head, resolve_rebalance)
+from featkit.heads.calibration import BalancedCalibratedClassifierCV
 
 
 def blobs(n_per_class=(200, 200, 200), dim=40, sep=3.0, seed=0):
@@ -83,7 +83,20 @@ def test_class_weight_reaches_the_classifier_and_samplers_sit_before_it():
     assert smote.named_steps["sampler"].k_neighbors == 3  # small class: fewer neighbours than the default 5
     assert isinstance(create_head("lgbm", n_classes=2, rebalance="oversample").named_steps["sampler"],
                       RandomOverSampler)
-    assert make_head("logreg", n_classes=2, rebalance="none", pca=None, params={"C": 0.5}).named_steps["clf"].C == 0.5
+    assert create_head("logreg", n_classes=2, rebalance="none", pca=None, params={"C": 0.5}).named_steps["clf"].C == 0.5
+
+
+def test_params_are_parsed_against_each_hyperparameters_type():
+    assert parse_params(["C=0.1", "max_iter=50"], "logreg") == {"C": (0.1,), "max_iter": (50,)}
+    assert parse_params(["num_leaves=7,15,31"], "lgbm") == {"num_leaves": (7, 15, 31)}
+    with pytest.raises(FeatkitError, match=r"--param C=abc: C of head 'logreg' takes a number \(e.g. C=0.0001\), got 'abc'"):
+        parse_params(["C=abc"], "logreg")
+    with pytest.raises(FeatkitError, match="num_leaves of head 'lgbm' takes a whole number .* got '7.5'"):
+        parse_params(["num_leaves=7.5"], "lgbm")
+    with pytest.raises(FeatkitError, match="unknown parameter 'gamma' for head 'linsvc'; valid: C, max_iter, tol"):
+        parse_params(["gamma=1"], "linsvc")
+    with pytest.raises(FeatkitError, match="is not NAME=VALUE"):
+        parse_params(["C"], "logreg")
 
 
 def test_rebalancing_raises_minority_recall_on_imbalanced_data():

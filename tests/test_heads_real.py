@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from featkit.heads.run import FitSettings, fit_task
+from conftest import embeddings_of
+from featkit.fit import FitSettings, fit
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +27,12 @@ PCA = {"linsvc": 256}  # liblinear on 1280 dense dims is the slowest head; the t
 _CACHE: dict = {}
 
 
-def run(config, task: str, clf: str, tmp_path_factory, split: str = "auto"):
+def run(store, task: str, clf: str, split: str = "auto"):
+    config = store[0]
     key = (config.name, task, clf, split)
     if key not in _CACHE:
-        settings = FitSettings(cv=3, split=split, params=QUICK[clf], pca=PCA.get(clf), save_model=False, plot=False,
-                               out=tmp_path_factory.mktemp(f"{config.name}-{task}-{clf}-{split}"))
-        _CACHE[key] = fit_task(config, task=task, clf=clf, settings=settings).report
+        settings = FitSettings(cv=3, split=split, params=QUICK[clf], pca=PCA.get(clf), refit=False, plot=False)
+        _CACHE[key] = fit(embeddings_of(store), task, clf, settings=settings).report
         m = _CACHE[key]["metrics"]
         print(f"\n{config.name} {task} {clf} split={_CACHE[key]['split']['mode']}: balanced accuracy "
               f"{m['balanced_accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, accuracy {m['accuracy']:.4f}, "
@@ -40,9 +41,8 @@ def run(config, task: str, clf: str, tmp_path_factory, split: str = "auto"):
 
 
 @pytest.mark.parametrize("clf", ["logreg", "linsvc", "lgbm"])
-def test_porcelain_dynasty_on_its_source_split(porcelain_store, clf, tmp_path_factory):
-    config, _ = porcelain_store
-    report = run(config, "dynasty", clf, tmp_path_factory)
+def test_porcelain_dynasty_on_its_source_split(porcelain_store, clf):
+    report = run(porcelain_store, "dynasty", clf)
     assert report["split"]["mode"] == "column" and report["n_test"] == 180 and report["n_train"] == 1548
     assert report["metrics"]["balanced_accuracy"] >= FLOORS[("cpac-porcelain", "dynasty")][clf]
     assert set(report["per_class"]) == {"jin", "tang", "song", "yuan", "ming", "qing"}
@@ -50,9 +50,8 @@ def test_porcelain_dynasty_on_its_source_split(porcelain_store, clf, tmp_path_fa
 
 @pytest.mark.parametrize("task", ["label", "kids"])
 @pytest.mark.parametrize("clf", ["logreg", "linsvc", "lgbm"])
-def test_clothing_grouped_by_photographer(clothing_store, task, clf, tmp_path_factory):
-    config, _ = clothing_store
-    report = run(config, task, clf, tmp_path_factory)
+def test_clothing_grouped_by_photographer(clothing_store, task, clf):
+    report = run(clothing_store, task, clf)
     assert report["split"]["mode"] == "group" and report["split"]["group_column"] == "sender_id"
     assert report["metrics"]["balanced_accuracy"] >= FLOORS[("clothing", task)][clf]
     if task == "label":  # every labelled photo is used: even 'Skip' (7 photos) has 4 photographers for 3 folds
@@ -61,11 +60,10 @@ def test_clothing_grouped_by_photographer(clothing_store, task, clf, tmp_path_fa
         assert report["rebalance"]["used"] == "class_weight"  # 476 True vs 4922 False
 
 
-def test_random_folds_overstate_clothing_accuracy(clothing_store, tmp_path_factory):
+def test_random_folds_overstate_clothing_accuracy(clothing_store):
     """Photos by one person share a background: ungrouped folds leak it into training."""
-    config, _ = clothing_store
-    grouped = run(config, "label", "logreg", tmp_path_factory)
-    random = run(config, "label", "logreg", tmp_path_factory, split="stratified")
+    grouped = run(clothing_store, "label", "logreg")
+    random = run(clothing_store, "label", "logreg", split="stratified")
     gap = random["metrics"]["balanced_accuracy"] - grouped["metrics"]["balanced_accuracy"]
     print(f"\nclothing label logreg: random folds {random['metrics']['balanced_accuracy']:.4f} vs group-aware "
           f"{grouped['metrics']['balanced_accuracy']:.4f}: gap {gap:+.4f}")

@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from bench_memory import make_images, wide_backbone, write_collection  # noqa: E402
-from featkit.data import load_collection  # noqa: E402
+from featkit.data import load_manifest  # noqa: E402
 from featkit.extract import ExtractSettings, extract  # noqa: E402
 from featkit.store import FeatureStore  # noqa: E402
 
@@ -34,7 +34,7 @@ def wide(tmp_path_factory):
 
 def test_extraction_never_holds_the_features_it_writes(wide):
     store = FeatureStore(wide.store_path)
-    collection = load_collection(wide)
+    collection = load_manifest(wide)
     backbone = wide_backbone(DIM)
     settings = ExtractSettings(batch_size=32, workers=0, device="cpu", precision="fp32", progress=False,
                                checkpoint_seconds=0.5)  # several checkpoints replay the log mid-run
@@ -53,12 +53,12 @@ def test_extraction_never_holds_the_features_it_writes(wide):
 
 def test_float16_stores_load_as_float16_and_say_what_they_need(wide, tmp_path):
     store = FeatureStore(tmp_path / "half.h5")
-    summary = extract(load_collection(wide), wide_backbone(DIM), store=store,
+    summary = extract(load_manifest(wide), wide_backbone(DIM), store=store,
                       settings=ExtractSettings(batch_size=64, workers=0, device="cpu", precision="fp32",
                                                progress=False, storage_dtype="float16", limit=100))
     assert store.memory_needed(summary.key) == 100 * DIM * 2
     assert store.memory_needed(summary.key, dtype=np.float32) == 100 * DIM * 4
-    some = list(load_collection(wide).ids[:10]) + ["images/not_there.jpg"]
+    some = list(load_manifest(wide).ids[:10]) + ["images/not_there.jpg"]
     assert store.memory_needed(summary.key, ids=some) == 10 * DIM * 2
     fs = store.load(summary.key)
     assert fs.X.dtype == np.float16 and fs.X.nbytes == store.memory_needed(summary.key)

@@ -12,9 +12,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+import featkit as fk
 from featkit import modelio
+from featkit.api import Collection
+from featkit.config import Config
 from featkit.errors import FeatkitError
-from featkit.heads.run import FitSettings, fit_task
+from featkit.fit import FitSettings
 from featkit.modelio import load_model
 from featkit.predict import PredictSettings, predict_images
 from featkit_cli.main import app
@@ -23,14 +26,18 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def glaze_model(demo_store, tmp_path_factory):
+def glaze_model(demo_emb, tmp_path_factory):
     """A logreg glaze model fitted on the demo store (saved in its run folder)."""
-    config, key = demo_store
     out = tmp_path_factory.mktemp("models") / "glaze"
-    result = fit_task(config, task="glaze", clf="logreg", settings=FitSettings(cv=3, params={"C": (0.1,)}, out=out,
-                                                                                plot=False))
-    assert result.model_dir == out
-    return config, out
+    result = demo_emb.fit("glaze", "logreg", cv=3, params={"C": (0.1,)}, plot=False)
+    assert result.save(out) == out and result.run_dir == out
+    return demo_emb.manifest.config, out
+
+
+def _predict(models, inputs, config: Config | None = None, **settings):
+    col = Collection(config) if config is not None else None
+    return predict_images(models, inputs, manifest=col.manifest if col else None, store=col.store if col else None,
+                          settings=PredictSettings(**settings))
 
 
 def _copy(model: Path, tmp_path: Path) -> Path:
@@ -56,7 +63,7 @@ def test_saved_model_round_trips_and_predicts_what_it_was_fitted_on(glaze_model)
     assert model.task == "glaze" and model.classes == meta["classes"]
     assert meta["feature_space"]["backbone"] == "mobilenet_v2" and meta["featkit_version"]
     labels = pd.read_csv(config.root / "labels.csv")
-    result = predict_images([folder], [config.root / "labels.csv"], config=config)
+    result = _predict([folder], [config.root / "labels.csv"], config)
     assert result.sources == {"store": 80, "embedded": 0, "failed": 0}
     predicted = [row["glaze"]["label"] for row in result.rows]
     assert np.mean(np.array(predicted) == labels["glaze"].to_numpy()) > 0.95  # it was trained on these
@@ -70,8 +77,8 @@ def test_new_images_are_embedded_like_the_store_did(glaze_model, tmp_path):
     for name in labels["image"][:6]:
         shutil.copy(config.root / name, new / Path(name).name)
     (new / "broken.jpg").write_bytes(b"not a jpeg")
-    from_store = predict_images([folder], [config.root / n for n in labels["image"][:6]], config=config)
-    embedded = predict_images([folder], [new], config=None)
+    from_store = _predict([folder], [config.root / n for n in labels["image"][:6]], config)
+    embedded = _predict([folder], [new])
     assert embedded.sources == {"store": 0, "embedded": 6, "failed": 1}
     rows = {Path(r["image"]).name: r for r in embedded.rows}
     assert "not an image" in rows["broken.jpg"]["error"] and "glaze" not in rows["broken.jpg"]
@@ -93,7 +100,8 @@ def test_predict_cli_writes_labels_and_probabilities(glaze_model, tmp_path, monk
     assert set(row["glaze"]["probabilities"]) == set(data["models"][0]["classes"])
     assert abs(sum(row["glaze"]["probabilities"].values()) - 1) < 1e-3
     csv = pd.read_csv(tmp_path / "pred.csv")
-    assert list(csv.columns[:3]) == ["image", "glaze", "glaze_probability"] and csv["glaze"][0] == row["glaze"]["label"]
+    assert list(csv.columns[:4]) == ["image", "source", "error", "glaze"] and csv["glaze"][0] == row["glaze"]["label"]
+    assert {f"glaze:{c}" for c in data["models"][0]["classes"]} <= set(csv.columns)
 
 
 def test_a_model_from_another_feature_space_is_refused(glaze_model, tmp_path):
@@ -102,13 +110,13 @@ def test_a_model_from_another_feature_space_is_refused(glaze_model, tmp_path):
     _edit_meta(model, weights_sha256="0" * 64)
     image = config.root / pd.read_csv(config.root / "labels.csv")["image"][0]
     with pytest.raises(FeatkitError, match="does not match the store's mobilenet_v2/imagenet1k_v1 .*weights_sha256"):
-        predict_images([model], [image], config=config)  # the store's rows are not comparable
+        _predict([model], [image], config)  # the store's rows are not comparable
     with pytest.raises(FeatkitError, match="the backbone available here differs .*weights_sha256"):
-        predict_images([model], [image], config=None)  # nor are freshly embedded ones
+        _predict([model], [image])  # nor are freshly embedded ones
     model2 = _copy(folder, tmp_path / "b")
     _edit_meta(model2, preprocess_fingerprint="ffffffffffffffff")
     with pytest.raises(FeatkitError, match="preprocess_fingerprint"):
-        predict_images([model2], [image], config=None)
+        _predict([model2], [image])
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -143,15 +151,15 @@ def test_a_model_file_that_could_run_code_is_never_loaded(glaze_model, tmp_path)
 def test_models_and_inputs_are_checked(glaze_model, tmp_path):
     config, folder = glaze_model
     with pytest.raises(FeatkitError, match="does not exist"):
-        predict_images([folder], [tmp_path / "missing.jpg"])
+        _predict([folder], [tmp_path / "missing.jpg"])
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(FeatkitError, match="neither an image"):
-        predict_images([folder], [tmp_path / "notes.txt"])
+        _predict([folder], [tmp_path / "notes.txt"])
     with pytest.raises(FeatkitError, match="model folder .* does not exist"):
-        predict_images([tmp_path / "nope"], [tmp_path])
+        _predict([tmp_path / "nope"], [tmp_path])
     twin = _copy(folder, tmp_path / "twin")
     with pytest.raises(FeatkitError, match="one model per task"):
-        predict_images([folder, twin], [config.root / "labels.csv"], settings=PredictSettings())
+        _predict([folder, twin], [config.root / "labels.csv"])
 
 
 @pytest.mark.parametrize("clf, rebalance", [("linsvc", "class_weight"), ("lgbm", "smote"), ("logreg", "oversample")])
@@ -167,3 +175,61 @@ def test_every_head_survives_save_and_load(clf, rebalance, tmp_path):
     save_model(tmp_path, pipe, meta={"task": "t", "clf": clf, "classes": ["common", "rare"],
                                      "feature_space": {"backbone": "b", "variant": "v"}})
     np.testing.assert_array_equal(load_model(tmp_path).pipeline.predict_proba(X), pipe.predict_proba(X))
+
+
+# -- one extraction runtime: predict embeds new images exactly as extract stored them ---------------
+@pytest.fixture(scope="module")
+def fp32_collection(tmp_path_factory):
+    """A demo collection (12 objects x 2 views) whose images/ folder is a symlink to another folder,
+    extracted in fp32, plain and with hflip TTA."""
+    from featkit.demo import make_demo_collection
+
+    elsewhere = tmp_path_factory.mktemp("other-disk")
+    make_demo_collection(elsewhere, n_objects=12, size=128)
+    root = tmp_path_factory.mktemp("linked")
+    (root / "images").symlink_to(elsewhere / "images", target_is_directory=True)
+    shutil.copy(elsewhere / "labels.csv", root / "labels.csv")
+    Config(root=root, name="linked", manifest=Path("labels.csv"), tasks=("glaze",), group="object_id").write()
+    col = fk.open(root)
+    settings = {"precision": "fp32", "workers": 0, "batch_size": 5, "progress": False}
+    plain = col.extract("mobilenet_v2", **settings)
+    flipped = col.extract("mobilenet_v2", tta="hflip", **settings)
+    return col, plain, flipped
+
+
+@pytest.mark.parametrize("variant", ["plain", "hflip"])
+def test_a_copy_outside_the_collection_predicts_like_its_stored_row(fp32_collection, tmp_path, variant):
+    col, plain, flipped = fp32_collection
+    emb = plain if variant == "plain" else flipped
+    assert emb.key == ("mobilenet_v2/imagenet1k_v1" if variant == "plain" else "mobilenet_v2/imagenet1k_v1+tta-hflip")
+    model = emb.fit("glaze", "logreg", cv=2, params={"C": (0.1,)}, plot=False)
+    images = [col.manifest.path(i) for i in col.ids[:7]]
+    stored = col.predict(images, model=model, precision="fp32")
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for path in images:
+        shutil.copy(path, copies / path.name)
+    new = col.predict(sorted(copies.iterdir()), model=model, precision="fp32", batch_size=3)
+    assert set(stored["source"]) == {"store"} and set(new["source"]) == {"embedded"}
+    by_name = {Path(p).name: i for i, p in enumerate(new["image"])}
+    columns = [c for c in stored.columns if c.startswith("glaze:")]
+    for i, path in enumerate(stored["image"]):
+        j = by_name[Path(path).name]
+        assert new["glaze"][j] == stored["glaze"][i]
+        # fp32 rows differ only by float rounding between batch shapes (oneDNN picks kernels by shape)
+        np.testing.assert_allclose(new.loc[j, columns].to_numpy(float), stored.loc[i, columns].to_numpy(float),
+                                   atol=2e-4)
+
+
+def test_collection_images_through_a_symlinked_folder_come_from_the_store(fp32_collection, monkeypatch):
+    col, plain, _ = fp32_collection
+    model = plain.fit("glaze", "logreg", cv=2, params={"C": (0.1,)}, plot=False)
+    first = col.ids[0]
+    through_link = col.root / first  # root/images/... where images/ is a symlink
+    real = through_link.resolve()
+    assert real != through_link and not real.is_relative_to(col.root)
+    monkeypatch.chdir(col.root)
+    result = col.predict([Path(first), real], model=model, precision="fp32")  # relative, and the link's target
+    assert list(result["source"]) == ["store", "store"]  # the same image however it is named
+    assert result["glaze"].nunique() == 1
+    assert list(col.predict([through_link], model=model)["source"]) == ["store"]

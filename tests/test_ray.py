@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 from _manifest import write_manifest
 from conftest import dataset_dir
 from featkit.config import Config
-from featkit.data import load_collection
+from featkit.data import load_manifest
 from featkit.errors import FeatkitError
 from featkit.extract import ExtractSettings
-from featkit.pipeline import extract_collection
+from featkit.api import Collection
 from featkit.store import FeatureStore
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs pip install 'featkit[ray]'")
@@ -61,7 +61,7 @@ def porcelain(tmp_path_factory) -> Config:
 
 def _extract(config: Config, store: Path, **settings):
     cfg = config.replace(store=store)
-    return extract_collection(cfg, load_collection(cfg), "mobilenet_v2", settings=ExtractSettings(**FP32, **settings))
+    return Collection(cfg).extract_summary("mobilenet_v2", settings=ExtractSettings(**FP32, **settings))
 
 
 def test_ray_engine_writes_what_the_local_engine_writes(porcelain, ray_session, tmp_path):

@@ -96,8 +96,10 @@ def test_search_by_id_and_by_upload(served):
 
 def test_bad_uploads_get_4xx_with_the_reason(served, tmp_path):
     _, _, _, client = served
-    _error(client.post("/api/similar", files={"file": ("x.jpg", b"GIF89a not really", "image/gif")}), 422,
+    _error(client.post("/api/similar", files={"file": ("x.jpg", b"just some notes", "image/jpeg")}), 422,
            "not an image")
+    _error(client.post("/api/similar", files={"file": ("x.gif", b"GIF89a not really", "image/gif")}), 422,
+           "starts like a GIF")
     _error(client.post("/api/similar", files={"file": ("x.jpg", b"", "image/jpeg")}), 400, "empty")
     _error(client.post("/api/similar", files={"file": ("x.jpg", b"\xff" * 300_000, "image/jpeg")}), 413, "limit")
     bomb = io.BytesIO()

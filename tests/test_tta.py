@@ -18,13 +18,13 @@ from typer.testing import CliRunner
 from _manifest import write_manifest
 
 from featkit.config import Config
-from featkit.data import load_collection
+from featkit.data import load_manifest
 from featkit.errors import FeatkitError
 from featkit.extract import ExtractSettings
-from featkit.pipeline import extract_collection
+from featkit.api import Collection
 from featkit.backbones import Preprocess
 from featkit.store import FeatureStore
-from featkit.tta import create_tta, list_tta
+from featkit.extract.tta import create_tta, list_tta
 
 FP32 = dict(progress=False, workers=0, batch_size=4, precision="fp32")
 
@@ -76,8 +76,8 @@ def mirrored(tmp_path_factory) -> Config:
 
 
 def test_hflip_rows_average_the_image_and_its_mirror_in_their_own_variant(mirrored):
-    collection = load_collection(mirrored)
-    plain = extract_collection(mirrored, collection, "mobilenet_v2", settings=ExtractSettings(**FP32))
+    collection = load_manifest(mirrored)
+    plain = Collection(mirrored).extract_summary("mobilenet_v2", settings=ExtractSettings(**FP32))
     result = CliRunner().invoke(_app(), ["extract", "--config", str(mirrored.root), "--tta", "hflip", "--fp32",
                                          "--workers", "0", "--json"])
     assert result.exit_code == 0, result.output
@@ -98,9 +98,9 @@ def test_hflip_rows_average_the_image_and_its_mirror_in_their_own_variant(mirror
 
 
 def test_crops_mode_stores_its_own_rows(mirrored):
-    collection = load_collection(mirrored)
+    collection = load_manifest(mirrored)
     settings = ExtractSettings(**FP32, tta="crops", limit=2)
-    summary = extract_collection(mirrored, collection, "mobilenet_v2", settings=settings)
+    summary = Collection(mirrored).extract_summary("mobilenet_v2", settings=settings)
     assert summary.key.endswith("+tta-crops") and summary.computed == 2 and summary.failed == 0
     X = FeatureStore(mirrored.store_path).load(summary.key).X
     assert X.shape == (2, 1280) and np.isfinite(X).all() and (X > 0).any()

@@ -1,19 +1,37 @@
-"""Backbones: one registry of ImageNet networks that return pooled embeddings."""
+"""Backbones: one registry of ImageNet networks that return pooled embeddings.
+
+The built-ins are registered on import (as timm registers its models), and importing
+this package loads no torch: the network class and the variant loaders come with
+:func:`create_backbone` / :func:`load_backbone`.
+"""
 
 from featkit.backbones.preprocess import Preprocess
 from featkit.backbones.registry import (
     RANDOM,
-    Backbone,
     BackboneSpec,
+    LazyWeights,
     WeightsSpec,
+    check_backbone_name,
     create_backbone,
     describe_backbones,
     get_backbone_spec,
     list_backbones,
     register_backbone,
 )
+from featkit.backbones import builtin, efficientnet_lite  # noqa: E402,F401  (register the built-ins)
+from featkit.backbones.variants import load_backbone, register_variant_kind, split_tta, store_key  # noqa: E402
 
 __all__ = [
-    "RANDOM", "Backbone", "BackboneSpec", "Preprocess", "WeightsSpec", "create_backbone",
-    "describe_backbones", "get_backbone_spec", "list_backbones", "register_backbone",
+    "RANDOM", "Backbone", "BackboneSpec", "LazyWeights", "Preprocess", "WeightsSpec", "check_backbone_name",
+    "create_backbone", "describe_backbones", "get_backbone_spec", "list_backbones", "load_backbone",
+    "register_backbone", "register_variant_kind", "split_tta", "store_key",
 ]
+
+
+def __getattr__(name: str):
+    """``Backbone`` (an ``nn.Module``) is imported on first use, with torch."""
+    if name == "Backbone":
+        from featkit.backbones.model import Backbone
+
+        return Backbone
+    raise AttributeError(f"module 'featkit.backbones' has no attribute {name!r}")

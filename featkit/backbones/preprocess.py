@@ -1,14 +1,19 @@
-"""Preprocessing that travels with a backbone's weights (timm's PretrainedCfg idea)."""
+"""Preprocessing that travels with a backbone's weights (timm's PretrainedCfg idea).
+
+Importing this module imports no torch: the registry describes backbones (and the CLI
+checks names) without loading the deep-learning stack; the transforms import it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,14 +46,24 @@ class Preprocess:
             interpolation=str(data["interpolation"]),
         )
 
+    def at_crop_size(self, crop_size: int | None) -> "Preprocess":
+        """This preprocessing at another crop size; the resize keeps the weights' resize/crop ratio."""
+        if crop_size is None or crop_size == self.crop_size:
+            return self
+        resize = int(math.floor(crop_size * self.resize_size / self.crop_size + 0.5))
+        return Preprocess(crop_size=crop_size, resize_size=resize, mean=self.mean, std=self.std,
+                          interpolation=self.interpolation)
+
     @property
     def fingerprint(self) -> str:
         """A short stable hash; stores refuse to mix rows with different fingerprints."""
         text = json.dumps(self.to_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def image_transform(self) -> v2.Compose:
-        """PIL image -> uint8 tensor (3, crop, crop)."""
+    def image_transform(self):
+        """PIL image -> uint8 tensor (3, crop, crop) (a torchvision ``v2.Compose``)."""
+        from torchvision.transforms import InterpolationMode, v2
+
         return v2.Compose(
             [
                 v2.Resize(self.resize_size, interpolation=InterpolationMode(self.interpolation), antialias=True),
@@ -57,9 +72,14 @@ class Preprocess:
             ]
         )
 
-    def normalize(self, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """uint8 (B, 3, H, W) -> normalised float on the batch's device (``batch`` is not modified)."""
+    def normalize(self, batch: "torch.Tensor", dtype: "torch.dtype | None" = None) -> "torch.Tensor":
+        """uint8 (B, 3, H, W) -> normalised float (float32 unless ``dtype``) on the batch's device.
+
+        ``batch`` is not modified.
+        """
+        import torch
+
         mean = torch.tensor(self.mean, device=batch.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         scale = 1.0 / (torch.tensor(self.std, device=batch.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         x = batch.to(torch.float32, copy=True)
-        return x.sub_(mean).mul_(scale).to(dtype)  # in place: one new tensor, not three
+        return x.sub_(mean).mul_(scale).to(dtype or torch.float32)  # in place: one new tensor, not three

@@ -5,20 +5,28 @@ pre-logits embedding. Each carries its preprocessing and embedding size, per
 weights tag, like torchvision's ``Weights`` and timm's ``PretrainedCfg``.
 Names are ``arch`` or ``arch.tag`` (``resnet50.imagenet1k_v2``); ``random`` is the
 from-scratch baseline with the default tag's preprocessing.
+
+The registry itself imports no torch: names, sizes and default tags are plain data,
+so the CLI checks ``--backbone`` while parsing its arguments; a spec's weights table
+(read from torchvision's weight enums) is built on first use, and networks are built
+by :func:`create_backbone`.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from featkit.backbones.preprocess import Preprocess
 from featkit.backbones.weights import WeightsFile, file_sha256, guarded_load
 from featkit.errors import FeatkitError, choices_message
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from featkit.backbones.model import Backbone
 
 RANDOM = "random"
 
@@ -32,14 +40,36 @@ class WeightsSpec:
     preprocess: Preprocess
 
 
+class LazyWeights(Mapping):
+    """A weights table built on first access (``factory()`` -> {tag: WeightsSpec})."""
+
+    def __init__(self, factory: Callable[[], Mapping[str, WeightsSpec]]) -> None:
+        self._factory = factory
+        self._table: Mapping[str, WeightsSpec] | None = None
+
+    def _get(self) -> Mapping[str, WeightsSpec]:
+        if self._table is None:
+            self._table = dict(self._factory())
+        return self._table
+
+    def __getitem__(self, tag: str) -> WeightsSpec:
+        return self._get()[tag]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """What the registry knows about an architecture without building it."""
 
     name: str
     dim: int
-    build: Callable[[str | None], nn.Module]  # weights tag (None: random init) -> headless model
-    weights: dict[str, WeightsSpec] = field(default_factory=dict)
+    build: Callable[[str | None], "nn.Module"]  # weights tag (None: random init) -> headless model
+    weights: Mapping[str, WeightsSpec] = field(default_factory=dict)  # a dict or a LazyWeights
     default_weights: str = ""
     family: str = "torchvision"
 
@@ -55,67 +85,32 @@ class BackboneSpec:
         return self.weights[tag]
 
 
-class Backbone(nn.Module):
-    """A network that maps normalised images (B, 3, H, W) to embeddings (B, dim)."""
-
-    def __init__(self, spec: BackboneSpec, model: nn.Module, *, weights: str,
-                 weights_sha256: str, preprocess: Preprocess) -> None:
-        super().__init__()
-        self.model = model
-        self.name = spec.name
-        self.dim = spec.dim
-        self.weights = weights
-        self.weights_sha256 = weights_sha256
-        self.preprocess = preprocess
-
-    @property
-    def variant(self) -> str:
-        """The store group below the backbone name: the weights tag."""
-        return self.weights
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        if isinstance(out, (tuple, list)):  # inception's aux output in train mode
-            out = out[0]
-        return torch.flatten(out, 1)
-
-
 _REGISTRY: dict[str, BackboneSpec] = {}
-_builtins_loaded = False
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    _ensure_builtins()  # so a plug-in registered first neither hides the built-ins nor steals their names
+    """Add ``spec``; a name registered twice is a ValueError (as torchvision's registry does)."""
     if spec.name in _REGISTRY:
         raise ValueError(f"backbone {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
     return spec
 
 
-def _ensure_builtins() -> None:
-    global _builtins_loaded
-    if _builtins_loaded:
-        return
-    _builtins_loaded = True  # before the import: the built-ins register through register_backbone
-    try:
-        from featkit.backbones import builtin  # noqa: F401  (registers on import)
-    except BaseException:
-        _builtins_loaded = False
-        raise
-
-
 def list_backbones(pattern: str = "*") -> list[str]:
     """Registered names matching ``pattern`` (fnmatch, as timm's ``list_models``)."""
-    _ensure_builtins()
     return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
 
 
-def get_backbone_spec(name: str) -> BackboneSpec:
-    _ensure_builtins()
+def check_backbone_name(name: str) -> str:
+    """``name`` (``arch`` or ``arch.tag``) if its architecture is registered; else the error listing them."""
     arch = name.split(".", 1)[0]
     if arch not in _REGISTRY:
         raise FeatkitError(choices_message("backbone", arch, list(_REGISTRY)))
-    return _REGISTRY[arch]
+    return name
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    return _REGISTRY[check_backbone_name(name).split(".", 1)[0]]
 
 
 def parse_name(name: str, weights: str | None = None) -> tuple[BackboneSpec, str]:
@@ -123,18 +118,22 @@ def parse_name(name: str, weights: str | None = None) -> tuple[BackboneSpec, str
     spec = get_backbone_spec(name)
     tag_in_name = name.split(".", 1)[1] if "." in name else None
     tag = (weights or tag_in_name or spec.default_weights or RANDOM).lower()
-    if tag in ("imagenet", "pretrained", "default"):
+    if tag in ("imagenet", "pretrained", "default") and tag not in spec.weights:
         tag = spec.default_weights or RANDOM
     if tag != RANDOM:
         spec.weights_spec(tag)
     return spec, tag
 
 
-def create_backbone(name: str, *, weights: str | None = None, seed: int = 0) -> Backbone:
+def create_backbone(name: str, *, weights: str | None = None, seed: int = 0) -> "Backbone":
     """Build ``name`` with ``weights`` (a tag, ``"random"``, or None for the default).
 
     Random weights are seeded so the from-scratch baseline is reproducible.
     """
+    import torch
+
+    from featkit.backbones.model import Backbone
+
     spec, tag = parse_name(name, weights)
     if tag == RANDOM:
         with torch.random.fork_rng(devices=[]):

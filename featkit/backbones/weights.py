@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-import torch
-
 from featkit.errors import FeatkitError
 
 T = TypeVar("T")
@@ -36,6 +34,8 @@ _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 def hub_checkpoint_dir() -> Path:
+    import torch.hub
+
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 

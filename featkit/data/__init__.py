@@ -1,6 +1,6 @@
-"""Collections: manifests, image loading, splits."""
+"""The data layer: manifests (ids, labels, groups, split), robust image decoding, splits."""
 
 from featkit.data.images import ImageLoadError, load_image
-from featkit.data.manifest import Collection, load_collection
+from featkit.data.manifest import Manifest, infer_config, load_manifest
 
-__all__ = ["Collection", "ImageLoadError", "load_collection", "load_image"]
+__all__ = ["ImageLoadError", "Manifest", "infer_config", "load_image", "load_manifest"]

@@ -32,9 +32,7 @@ LOCK_TIMEOUT_S = 30.0
 
 def corrections_path(config: Config) -> Path:
     """``corrections.csv`` beside the manifest (beside ``featkit.toml`` for image-folder collections)."""
-    manifest = config.manifest_path
-    folder = manifest.parent if manifest is not None else config.root
-    return Path(folder) / CORRECTIONS_NAME
+    return config.labels_folder / CORRECTIONS_NAME
 
 
 def _lock(path: Path) -> FileLock:
@@ -163,15 +161,15 @@ def corrected_manifest(config: Config, *, ids=None, corrections: bool = True) ->
     ``ids`` keeps only those rows, in manifest order; an image-folder collection
     becomes a manifest with an image column and its one task column.
     """
-    from featkit.data.manifest import load_collection
+    from featkit.data.manifest import load_manifest
 
-    collection = load_collection(config)
+    collection = load_manifest(config)
     if config.manifest_path is not None:
         frame = pd.read_csv(config.manifest_path, dtype=str, keep_default_na=False, skipinitialspace=True)
         frame.columns = [str(c).strip() for c in frame.columns]
-        frame[config.image_column] = list(collection.ids)
+        frame[config.image_column] = collection.ids.tolist()
     else:
-        frame = pd.DataFrame({config.image_column: list(collection.ids)})
+        frame = pd.DataFrame({config.image_column: collection.ids.tolist()})
         for task, values in collection.labels.items():
             frame[task] = [v or "" for v in values]
     summary = {"applied": 0, "by_task": {}, "unknown_ids": []}
@@ -182,7 +180,7 @@ def corrected_manifest(config: Config, *, ids=None, corrections: bool = True) ->
             frame[task] = [v if v is not None else "" for v in values]
     if ids is not None:
         wanted = set(map(str, ids))
-        missing = wanted - set(collection.ids)
+        missing = wanted - set(collection.ids.tolist())
         if missing:
             raise FeatkitError(f"{len(missing)} id(s) are not in collection {collection.name!r}, e.g. "
                                f"{sorted(missing)[0]!r}")
@@ -215,8 +213,8 @@ def export_corrected_manifest(config: Config, out: Path | None = None, *, ids=No
 
 def corrections_summary(config: Config) -> dict:
     """What the corrections file changes in the collection (:func:`apply_corrections`'s summary)."""
-    from featkit.data.manifest import load_collection
+    from featkit.data.manifest import load_manifest
 
-    collection = load_collection(config)
+    collection = load_manifest(config)
     _, summary = apply_corrections(collection.ids, collection.labels, read_corrections(corrections_path(config)))
     return summary

@@ -1,4 +1,4 @@
-"""Collections of labelled images: a manifest CSV or an ImageFolder tree.
+"""A collection's labelled images: a manifest CSV or an ImageFolder tree.
 
 A manifest has an image-path column (relative to the CSV's folder), one column per
 task, and optionally a group column (object id, photographer) and a split column.
@@ -24,21 +24,27 @@ _SPLIT_VALUES = {"train", "val", "valid", "validation", "test", "dev", "holdout"
 
 
 @dataclass(frozen=True, eq=False)
-class Collection:
-    """Image ids, their files, and per-task labels (``None`` = unknown)."""
+class Manifest:
+    """A collection's images and labels: ids, their files, per-task labels (``None`` = unknown).
+
+    ``ids`` is a numpy unicode array (no Python object per image); ``labels[task]``,
+    ``groups`` and ``split`` are object arrays aligned with it.
+    """
 
     name: str
     root: Path
-    ids: tuple[str, ...]
+    ids: np.ndarray
     labels: dict[str, np.ndarray]  # task -> object array of str | None
     groups: np.ndarray | None = None
     split: np.ndarray | None = None
     manifest_hash: str = ""
     source: str = ""
-    _index: dict[str, int] = field(default_factory=dict, repr=False)
+    config: Config | None = None
+    _order: np.ndarray = field(default=None, repr=False)  # argsort of ids: lookups by binary search
 
     def __post_init__(self) -> None:
-        self._index.update({image_id: i for i, image_id in enumerate(self.ids)})
+        object.__setattr__(self, "ids", np.asarray(self.ids, dtype=str))
+        object.__setattr__(self, "_order", np.argsort(self.ids, kind="stable"))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -48,18 +54,27 @@ class Collection:
         return tuple(self.labels)
 
     def path(self, image_id: str) -> Path:
-        return self.root / image_id
+        return self.root / str(image_id)
 
-    @property
-    def paths(self) -> list[Path]:
-        return [self.root / image_id for image_id in self.ids]
+    def paths(self, ids=None) -> list[Path]:
+        """Files of ``ids`` (default: every image)."""
+        return [self.root / str(i) for i in (self.ids if ids is None else ids)]
+
+    def contains(self, image_ids) -> np.ndarray:
+        """Whether each of ``image_ids`` is a row of this manifest."""
+        query = np.asarray(image_ids, dtype=str).reshape(-1)
+        if not len(self.ids):
+            return np.zeros(len(query), dtype=bool)
+        where = np.minimum(np.searchsorted(self.ids, query, sorter=self._order), len(self.ids) - 1)
+        return self.ids[self._order[where]] == query
 
     def index_of(self, image_ids) -> np.ndarray:
-        """Row positions of ``image_ids`` in this collection."""
-        try:
-            return np.array([self._index[i] for i in image_ids], dtype=np.int64)
-        except KeyError as err:
-            raise FeatkitError(f"image id {err.args[0]!r} is not in collection {self.name!r}") from None
+        """Row positions of ``image_ids`` in this manifest (a FeatkitError names the first unknown id)."""
+        query = np.asarray(image_ids, dtype=str).reshape(-1)
+        found = self.contains(query)
+        if not found.all():
+            raise FeatkitError(f"image id {str(query[~found][0])!r} is not in collection {self.name!r}")
+        return self._order[np.searchsorted(self.ids, query, sorter=self._order)].astype(np.int64)
 
     def task_labels(self, task: str) -> np.ndarray:
         if task not in self.labels:
@@ -111,7 +126,7 @@ def _labels(values: pd.Series) -> np.ndarray:
     return out
 
 
-def _from_manifest(config: Config) -> Collection:
+def _from_manifest(config: Config) -> Manifest:
     path = config.manifest_path
     assert path is not None
     frame = _read_csv(path)
@@ -130,19 +145,20 @@ def _from_manifest(config: Config) -> Collection:
         more = f" (and {len(dupes) - 5} more)" if len(dupes) > 5 else ""
         raise FeatkitError(f"duplicate image ids in {path.name}: {shown}{more}; each image may appear once")
     tasks = config.tasks or ()
-    return Collection(
+    return Manifest(
         name=config.name,
         root=root,
-        ids=tuple(ids),
+        ids=np.asarray(ids, dtype=str),
         labels={task: _labels(frame[task]) for task in tasks},
         groups=_labels(frame[config.group]) if config.group else None,
         split=_labels(frame[config.split]) if config.split else None,
         manifest_hash=_hash_bytes(path.read_bytes()),
         source=str(path),
+        config=config,
     )
 
 
-def _from_image_folder(config: Config) -> Collection:
+def _from_image_folder(config: Config) -> Manifest:
     folder = config.image_folder_path
     assert folder is not None
     if not folder.is_dir():
@@ -160,17 +176,18 @@ def _from_image_folder(config: Config) -> Collection:
     ids = [p.relative_to(root).as_posix() for p in files]
     task = (config.tasks or ("label",))[0]
     classes = np.array([image_id.split("/")[0] for image_id in ids], dtype=object)
-    return Collection(
+    return Manifest(
         name=config.name,
         root=root,
-        ids=tuple(ids),
+        ids=np.asarray(ids, dtype=str),
         labels={task: classes},
         manifest_hash=_hash_bytes("\n".join(ids).encode()),
         source=str(folder),
+        config=config,
     )
 
 
-def load_collection(config: Config) -> Collection:
+def load_manifest(config: Config) -> Manifest:
     """Read the collection ``config`` describes, with clear errors for bad manifests."""
     if config.manifest is not None:
         return _from_manifest(config)

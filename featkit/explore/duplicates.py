@@ -14,10 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from featkit.config import Config
-from featkit.data.manifest import Collection, load_collection
+from featkit.embeddings import Embeddings
 from featkit.errors import FeatkitError
-from featkit.explore.embeddings import default_out, load_embeddings
 from featkit.explore.neighbors import pairs_above
 
 
@@ -86,12 +84,11 @@ def label_conflicts(i: np.ndarray, j: np.ndarray, labels: dict[str, np.ndarray])
     return out
 
 
-def find_duplicates(config: Config, *, key: str, settings: DuplicateSettings = DuplicateSettings(),
-                    out: Path | None = None, collection: Collection | None = None) -> DuplicateReport:
-    """Near-duplicate pairs of ``key``'s embeddings, leaks flagged; CSV written."""
+def find_duplicates(emb: Embeddings, *, settings: DuplicateSettings = DuplicateSettings(),
+                    out: Path | None = None) -> DuplicateReport:
+    """Near-duplicate pairs of ``emb``, leaks flagged; CSV written."""
     settings.validate()
-    collection = collection or load_collection(config)
-    emb = load_embeddings(config, key=key, collection=collection)
+    key = emb.key
     i, j, sim, truncated = pairs_above(emb.X, settings.threshold, max_pairs=settings.max_pairs)
     split, groups = emb.split, emb.groups
     reasons = leak_reasons(i, j, split=split, groups=groups)
@@ -106,8 +103,8 @@ def find_duplicates(config: Config, *, key: str, settings: DuplicateSettings = D
         frame["group_a"], frame["group_b"] = groups[i], groups[j]
     frame["leak"] = np.array([bool(r) for r in reasons], dtype=bool)
     frame["leak_reason"] = reasons
-    frame["label_conflict"] = label_conflicts(i, j, {t: emb.labels(t) for t in collection.tasks})
-    out = Path(out) if out else default_out(config, key)
+    frame["label_conflict"] = label_conflicts(i, j, {t: emb.labels(t) for t in emb.tasks})
+    out = Path(out) if out else emb.explore_dir
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "duplicates.csv"
     frame.to_csv(csv, index=False)

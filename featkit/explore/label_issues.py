@@ -16,17 +16,15 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from featkit.config import Config
-from featkit.data.manifest import Collection, load_collection
+from featkit.embeddings import Embeddings
 from featkit.errors import FeatkitError, choices_message
-from featkit.explore.embeddings import default_out, load_embeddings, task_view
+from featkit.paths import slug
 
 RANK_BY = ("self_confidence", "margin")
 
@@ -124,32 +122,11 @@ def confident_learning(proba: np.ndarray, given: np.ndarray, classes, *, rank_by
     return LabelIssues(classes=classes, thresholds=thresholds, confident_joint=joint, issues=issues, n=n)
 
 
-def _fallback_oof(X, y, groups, *, cv: int, seed: int, C: float) -> tuple[np.ndarray, list[str]]:
-    """Out-of-fold probabilities with plain sklearn (used only when featkit.evaluate is absent)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000, class_weight="balanced"))
-    if groups is not None:
-        splitter = StratifiedGroupKFold(n_splits=cv, shuffle=True, random_state=seed)
-    else:
-        splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a rare class missing from a fold
-        proba = cross_val_predict(pipe, X, y, groups=groups, cv=splitter, method="predict_proba")
-    return proba, sorted(set(y.tolist()))
-
-
 def out_of_fold(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None,
                 settings: LabelIssueSettings) -> tuple[np.ndarray, list[str], str]:
     """``(proba, classes, source)``: featkit's group-aware out-of-fold probabilities."""
-    try:
-        from featkit.evaluate import out_of_fold_proba
-    except ImportError:  # heads not installed: the same idea in plain sklearn
-        proba, classes = _fallback_oof(X, y, groups, cv=settings.cv, seed=settings.seed, C=settings.C or 0.1)
-        return proba, classes, "sklearn cross_val_predict (StandardScaler + LogisticRegression)"
+    from featkit.evaluate import out_of_fold_proba
+
     params = {"C": (settings.C,)} if settings.C is not None else None
     proba, classes = out_of_fold_proba(X, y.astype(object), groups, clf=settings.clf, cv=settings.cv,
                                        seed=settings.seed, params=params)
@@ -157,22 +134,25 @@ def out_of_fold(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None,
     return proba, list(classes), f"featkit.evaluate.out_of_fold_proba ({settings.clf}, {settings.cv} folds, {tuned})"
 
 
-def find_label_issues(config: Config, *, key: str, task: str, settings: LabelIssueSettings = LabelIssueSettings(),
-                      out: Path | None = None, collection: Collection | None = None) -> LabelIssueReport:
+def find_label_issues(emb: Embeddings, task: str, *, settings: LabelIssueSettings = LabelIssueSettings(),
+                      out: Path | None = None) -> LabelIssueReport:
     """Ranked likely-mislabelled images of ``task`` with the given and suggested label; CSV written."""
     settings.validate()
-    collection = collection or load_collection(config)
-    emb = load_embeddings(config, key=key, collection=collection)
-    view = task_view(emb, task, min_per_class=2)
-    proba, classes, source = out_of_fold(view.X, view.y, view.groups, settings)
-    result = confident_learning(proba, view.y, classes, rank_by=settings.rank_by)
+    data = emb.task(task)
+    counts = pd.Series(data.y).value_counts()
+    if counts.min() < 2:
+        rare = ", ".join(f"{c!r} ({n})" for c, n in counts.items() if n < 2)
+        raise FeatkitError(f"task {task!r}: class(es) {rare} have fewer than 2 labelled images; "
+                           "this needs at least 2 per class")
+    proba, classes, source = out_of_fold(data.X, data.y, data.groups, settings)
+    result = confident_learning(proba, data.y, classes, rank_by=settings.rank_by)
     result.proba_source = source
     pos = result.issues["position"].to_numpy()
     frame = result.issues.drop(columns="position")
-    frame.insert(1, "id", emb.ids[view.index[pos]].astype(str))
-    frame.insert(2, "path", [str(p) for p in emb.paths(view.index[pos])])
-    out = Path(out) if out else default_out(config, key)
+    frame.insert(1, "id", data.ids[pos].astype(str))
+    frame.insert(2, "path", [str(p) for p in emb.paths(data.index[pos])])
+    out = Path(out) if out else emb.explore_dir
     out.mkdir(parents=True, exist_ok=True)
-    csv = out / f"label_issues_{task}.csv"
+    csv = out / f"label_issues_{slug(task)}.csv"
     frame.to_csv(csv, index=False)
-    return LabelIssueReport(key=key, task=task, result=result, frame=frame, csv=csv)
+    return LabelIssueReport(key=emb.key, task=task, result=result, frame=frame, csv=csv)

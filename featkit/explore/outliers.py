@@ -17,14 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.neighbors import LocalOutlierFactor
 
-from featkit.config import Config
-from featkit.data.manifest import Collection, load_collection
+from featkit.embeddings import Embeddings, group_codes
 from featkit.errors import FeatkitError, choices_message
-from featkit.explore.embeddings import default_out, group_codes, load_embeddings, task_view
 from featkit.explore.neighbors import cosine_knn
 from featkit.explore.plots import gallery_png
+from featkit.paths import slug
 
 OUTLIER_METHODS = ("knn", "lof")
 
@@ -72,6 +70,8 @@ def _class_scores(X: np.ndarray, codes: np.ndarray, method: str, k: int) -> np.n
     if k < 1:
         return np.full(n, np.nan)
     if method == "lof":
+        from sklearn.neighbors import LocalOutlierFactor
+
         lof = LocalOutlierFactor(n_neighbors=k, metric="cosine").fit(X)
         return -lof.negative_outlier_factor_
     _, sims = cosine_knn(X, k, codes=codes)
@@ -104,19 +104,17 @@ def outlier_scores(X: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = 
     return score, relative
 
 
-def find_outliers(config: Config, *, key: str, task: str, settings: OutlierSettings = OutlierSettings(),
-                  out: Path | None = None, collection: Collection | None = None) -> OutlierReport:
+def find_outliers(emb: Embeddings, task: str, *, settings: OutlierSettings = OutlierSettings(),
+                  out: Path | None = None) -> OutlierReport:
     """Score every labelled image of ``task``; write the top N as CSV and a gallery grouped by class."""
     settings.validate()
-    collection = collection or load_collection(config)
-    emb = load_embeddings(config, key=key, collection=collection)
-    view = task_view(emb, task)
-    score, relative = outlier_scores(view.X, view.y, groups=view.groups, method=settings.method, k=settings.k)
-    ids = emb.ids[view.index]
-    frame = pd.DataFrame({"id": ids.astype(str), "path": [str(p) for p in emb.paths(view.index)],
-                          "class": view.y, "score": score, "relative_score": relative})
-    if view.groups is not None:
-        frame["group"] = view.groups
+    key = emb.key
+    data = emb.task(task)
+    score, relative = outlier_scores(data.X, data.y, groups=data.groups, method=settings.method, k=settings.k)
+    frame = pd.DataFrame({"id": data.ids.astype(str), "path": [str(p) for p in emb.paths(data.index)],
+                          "class": data.y.astype(str), "score": score, "relative_score": relative})
+    if data.groups is not None:
+        frame["group"] = data.groups
     frame = frame[np.isfinite(frame["relative_score"])]
     frame["rank_in_class"] = frame.groupby("class")["relative_score"].rank(ascending=False, method="first")
     frame = frame.astype({"rank_in_class": int}).sort_values("relative_score", ascending=False, kind="stable")
@@ -124,15 +122,15 @@ def find_outliers(config: Config, *, key: str, task: str, settings: OutlierSetti
     if frame.empty:
         raise FeatkitError(f"no image of task {task!r} could be scored: each class needs at least two images "
                            "(outside one group)")
-    out = Path(out) if out else default_out(config, key)
+    out = Path(out) if out else emb.explore_dir
     out.mkdir(parents=True, exist_ok=True)
     report = OutlierReport(key=key, task=task, method=settings.method, scores=frame, top=settings.top)
     top = report.top_rows
-    report.csv = out / f"outliers_{task}.csv"
+    report.csv = out / f"outliers_{slug(task)}.csv"
     top.to_csv(report.csv, index=False)
     if settings.gallery:
         paths, captions, width = _gallery_cells(top, settings.columns)
-        report.gallery = gallery_png(paths, captions, out / f"outliers_{task}.png",
+        report.gallery = gallery_png(paths, captions, out / f"outliers_{slug(task)}.png",
                                      title=f"{key} — {task}: top {len(top)} outliers ({settings.method}, "
                                            f"score ÷ class median), one row per class",
                                      columns=width)

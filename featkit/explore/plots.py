@@ -64,9 +64,9 @@ def palette(n: int) -> list[str]:
     return out
 
 
-def scatter_png(coords: np.ndarray, labels: np.ndarray, path: Path, *, title: str = "",
-                classes: Sequence[str] | None = None, dpi: int = 150) -> Path:
-    """2-D points coloured by class with a legend (unlabelled points grey, underneath)."""
+def scatter_figure(coords: np.ndarray, labels: np.ndarray, *, title: str = "",
+                   classes: Sequence[str] | None = None):
+    """2-D points coloured by class with a legend (unlabelled points grey, underneath): a matplotlib Figure."""
     mpl = require_matplotlib("UMAP plots")
     labels = np.asarray(labels, dtype=object)
     known = np.array([v is not None for v in labels], dtype=bool)
@@ -91,10 +91,24 @@ def scatter_png(coords: np.ndarray, labels: np.ndarray, path: Path, *, title: st
                        frameon=False, ncol=1 if len(classes) <= 25 else 2)
     for handle in legend.legend_handles:
         handle.set_alpha(1)
+    return fig
+
+
+def scatter_png(coords: np.ndarray, labels: np.ndarray, path: Path, *, title: str = "",
+                classes: Sequence[str] | None = None, dpi: int = 150) -> Path:
+    """:func:`scatter_figure` saved as a PNG."""
+    fig = scatter_figure(coords, labels, title=title, classes=classes)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
+
+
+def figure_png(fig, dpi: int = 100) -> bytes:
+    """A figure as PNG bytes (what notebooks display)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
 
 
 def thumbnail(path: Path, size: int) -> Image.Image | None:

@@ -29,10 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featkit.config import Config
-from featkit.data.manifest import Collection, load_collection
+from featkit.embeddings import Embeddings, iter_tasks, names_tasks, resolve_tasks
 from featkit.errors import FeatkitError
-from featkit.explore.embeddings import iter_task_views, load_embeddings, names_tasks, resolve_tasks
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -174,21 +172,24 @@ def _agreement(task: str, rows: list[dict]) -> dict:
     return out
 
 
-def rank_backbones(config: Config, *, keys: list[str], tasks=None, runs_dir: Path | None = None,
-                   collection: Collection | None = None) -> RankReport:
-    """LogME of every group in ``keys`` for every task, beside the probe's balanced accuracy."""
-    collection = collection or load_collection(config)
+def rank_backbones(embs: list[Embeddings], *, tasks=None, runs_dir: Path | None = None) -> RankReport:
+    """LogME of every store group of ``embs`` for every task, beside the probe's balanced accuracy.
+
+    Probe results are read from the fit runs in ``runs_dir`` (default: the collection's runs folder).
+    """
+    if not embs:
+        raise FeatkitError("nothing to rank: no cached embeddings were given")
     strict = names_tasks(tasks)
-    tasks = resolve_tasks(config, tasks, collection)
-    probes = probe_results(runs_dir or config.root / "runs")
+    tasks = resolve_tasks(embs[0].manifest, tasks)
+    config = embs[0].manifest.config
+    probes = probe_results(runs_dir or config.runs_dir) if (runs_dir or config) else {}
     report = RankReport()
     by_task: dict[str, list[dict]] = {t: [] for t in tasks}
-    for key in keys:
-        emb = load_embeddings(config, key=key, collection=collection)
-        for view in iter_task_views(emb, tasks, strict=strict, skipped=report.skipped):
-            probe = probes.get((key, view.task), {})
-            by_task[view.task].append({
-                "key": key, "task": view.task, "n": len(view.y), "logme": round(logme(view.X, view.y), 5),
+    for emb in embs:
+        for data in iter_tasks(emb, tasks, strict=strict, skipped=report.skipped):
+            probe = probes.get((emb.key, data.task), {})
+            by_task[data.task].append({
+                "key": emb.key, "task": data.task, "n": len(data.y), "logme": round(logme(data.X, data.y), 5),
                 "probe_balanced_accuracy": probe.get("balanced_accuracy"), "run": probe.get("run"),
                 "head": probe.get("head")})
     for task, rows in by_task.items():

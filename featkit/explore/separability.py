@@ -20,10 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, silhouette_samples
 
-from featkit.config import Config
-from featkit.data.manifest import Collection, load_collection
+from featkit.embeddings import Embeddings, group_codes, iter_tasks, names_tasks, resolve_tasks
 from featkit.errors import FeatkitError
-from featkit.explore.embeddings import group_codes, iter_task_views, load_embeddings, names_tasks, resolve_tasks
 from featkit.explore.neighbors import cosine_knn, l2_normalize
 
 
@@ -122,22 +120,19 @@ def embedding_separability(X: np.ndarray, y: np.ndarray, *, groups: np.ndarray |
     return summary, per_class
 
 
-def separability(config: Config, *, keys: list[str], tasks=None, settings: SeparabilitySettings = SeparabilitySettings(),
-                 collection: Collection | None = None) -> SeparabilityReport:
-    """Separability of every task in every group of ``keys``.
+def separability(embs: list[Embeddings], *, tasks=None,
+                 settings: SeparabilitySettings = SeparabilitySettings()) -> SeparabilityReport:
+    """Separability of every task in every store group of ``embs`` (side by side).
 
     A task named explicitly that cannot be measured (one class) is an error; with
     ``tasks`` None/"all" it is recorded in ``report.skipped`` and the rest go on.
     """
     settings.validate()
-    collection = collection or load_collection(config)
     strict = names_tasks(tasks)
-    tasks = resolve_tasks(config, tasks, collection)
     report = SeparabilityReport()
-    for key in keys:
-        emb = load_embeddings(config, key=key, collection=collection)
-        for view in iter_task_views(emb, tasks, strict=strict, skipped=report.skipped):
-            summary, per_class = embedding_separability(view.X, view.y, groups=view.groups, settings=settings)
-            report.rows.append({"key": key, "task": view.task, **summary})
-            report.per_class.extend({"key": key, "task": view.task, **row} for row in per_class)
+    for emb in embs:
+        for data in iter_tasks(emb, resolve_tasks(emb.manifest, tasks), strict=strict, skipped=report.skipped):
+            summary, per_class = embedding_separability(data.X, data.y, groups=data.groups, settings=settings)
+            report.rows.append({"key": emb.key, "task": data.task, **summary})
+            report.per_class.extend({"key": emb.key, "task": data.task, **row} for row in per_class)
     return report

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from featkit.config import Config
-from featkit.data.manifest import Collection, load_collection
+from featkit.embeddings import Embeddings, resolve_tasks
 from featkit.errors import FeatkitError, choices_message
-from featkit.explore.embeddings import default_out, load_embeddings, resolve_tasks, store_of
 from featkit.explore.html import umap_html
 from featkit.explore.neighbors import cosine_knn
-from featkit.explore.plots import scatter_png
+from featkit.explore.plots import figure_png, scatter_figure, scatter_png
+from featkit.paths import slug
+from featkit.store import FeatureStore
 
 AUX_PREFIX = "umap-"
 KNN_METHODS = ("auto", "exact", "nndescent")
@@ -86,7 +86,7 @@ class UmapSettings:
 
 @dataclass
 class UmapResult:
-    """``coords[i]`` is the 2-D position of ``ids[i]``."""
+    """``coords[i]`` is the 2-D position of ``ids[i]``; ``labels`` (task -> given labels) colour the figure."""
 
     key: str
     ids: np.ndarray
@@ -96,6 +96,29 @@ class UmapResult:
     cached: bool
     seconds: float
     note: str = ""
+    labels: dict = field(default_factory=dict, repr=False)
+    task: str | None = None  # the task the figure is coloured by (None: no colours)
+
+    @property
+    def frame(self):
+        """A pandas DataFrame: id, x, y and one column per task's given label."""
+        import pandas as pd
+
+        frame = pd.DataFrame({"id": self.ids.astype(str), "x": self.coords[:, 0], "y": self.coords[:, 1]})
+        for task, values in self.labels.items():
+            frame[task] = values
+        return frame
+
+    def figure(self, task: str | None = None):
+        """A matplotlib Figure of the map, coloured by ``task``'s given labels (default: the result's task)."""
+        task = task or self.task
+        if task is not None and task not in self.labels:
+            raise FeatkitError(f"unknown task {task!r}; this map has labels for: {', '.join(self.labels) or '(none)'}")
+        values = self.labels[task] if task else np.full(len(self.ids), None, dtype=object)
+        return scatter_figure(self.coords, values, title=f"{self.key} — UMAP" + (f" — {task}" if task else ""))
+
+    def _repr_png_(self) -> bytes:  # notebooks show the figure inline
+        return figure_png(self.figure())
 
     def to_dict(self) -> dict:
         return {"key": self.key, "n": len(self.ids), "params": self.params, "aux": self.aux_name,
@@ -216,66 +239,63 @@ def cache_name(params: dict, ids) -> str:
     return AUX_PREFIX + digest.hexdigest()[:16]
 
 
-def _done_ids(config: Config, key: str, collection: Collection) -> np.ndarray:
-    status = store_of(config).status(key)
-    wanted = set(collection.ids)
-    return np.array([i for i, d in zip(status["ids"], status["done"]) if d and i in wanted], dtype=object)
-
-
-def umap_coordinates(config: Config, *, key: str, settings: UmapSettings = UmapSettings(),
-                     collection: Collection | None = None, refresh: bool = False) -> UmapResult:
-    """UMAP coordinates of every embedded image of ``key``: from the store's cache, or fitted and cached."""
-    settings.validate()
-    collection = collection or load_collection(config)
-    store = store_of(config)
-    ids = _done_ids(config, key, collection)
-    settings.validate(len(ids))
+def cached_umap(store: FeatureStore, key: str, ids: np.ndarray,
+                settings: UmapSettings = UmapSettings()) -> UmapResult | None:
+    """Coordinates of ``ids`` (in that order) from the store's cache, without reading any feature; else None."""
     name = cache_name(settings.params(), ids)
     start = time.perf_counter()
-    hit = None if refresh else store.read_aux(key, name)
+    hit = store.read_aux(key, name)
+    if hit is None:
+        return None
+    return UmapResult(key=key, ids=np.asarray(ids), coords=np.asarray(hit[0], np.float32), params=settings.params(),
+                      aux_name=name, cached=True, seconds=time.perf_counter() - start)
+
+
+def umap_coordinates(emb: Embeddings, *, settings: UmapSettings = UmapSettings(),
+                     refresh: bool = False) -> UmapResult:
+    """UMAP coordinates of every row of ``emb``: from the store's cache, or fitted and cached there."""
+    settings.validate(len(emb))
+    hit = None if refresh or emb.store is None else cached_umap(emb.store, emb.key, emb.ids, settings)
     if hit is not None:
-        coords, _ = hit
-        return UmapResult(key=key, ids=ids, coords=np.asarray(coords, np.float32), params=settings.params(),
-                          aux_name=name, cached=True, seconds=time.perf_counter() - start)
-    emb = load_embeddings(config, key=key, collection=collection)
+        return hit
+    start = time.perf_counter()
     coords = compute_umap(emb.X, settings)
-    name = cache_name(settings.params(), emb.ids)  # the rows actually read
+    name = cache_name(settings.params(), emb.ids)
     seconds = time.perf_counter() - start
-    attrs = {"params": json.dumps(settings.params(), sort_keys=True), "n": len(ids), "seconds": round(seconds, 3),
+    attrs = {"params": json.dumps(settings.params(), sort_keys=True), "n": len(emb), "seconds": round(seconds, 3),
              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     note = ""
-    try:
-        with store.writer() as writer:
-            writer.write_aux(key, name, coords, attrs)
-    except FeatkitError as err:  # another process is writing the store: the result is still good
-        note = f"coordinates not cached: {err}"
-    return UmapResult(key=key, ids=emb.ids, coords=coords, params=settings.params(), aux_name=name, cached=False,
+    if emb.store is not None:
+        try:
+            with emb.store.writer() as writer:
+                writer.write_aux(emb.key, name, coords, attrs)
+        except FeatkitError as err:  # another process is writing the store: the result is still good
+            note = f"coordinates not cached: {err}"
+    return UmapResult(key=emb.key, ids=emb.ids, coords=coords, params=settings.params(), aux_name=name, cached=False,
                       seconds=seconds, note=note)
 
 
-def draw_umap(config: Config, *, key: str, tasks=None, out: Path | None = None,
-              settings: UmapSettings = UmapSettings(), collection: Collection | None = None,
+def draw_umap(emb: Embeddings, *, tasks=None, out: Path | None = None, settings: UmapSettings = UmapSettings(),
               refresh: bool = False) -> UmapReport:
     """Coordinates (cached), a PNG per task coloured by class and an interactive HTML page."""
-    collection = collection or load_collection(config)
-    tasks = resolve_tasks(config, tasks, collection)
-    result = umap_coordinates(config, key=key, settings=settings, collection=collection, refresh=refresh)
-    out = Path(out) if out else default_out(config, key)
-    rows = collection.index_of(result.ids)
-    labels = {task: collection.task_labels(task)[rows] for task in tasks}
+    tasks = resolve_tasks(emb.manifest, tasks)
+    result = umap_coordinates(emb, settings=settings, refresh=refresh)
+    result.labels = {task: emb.labels(task) for task in tasks}
+    result.task = tasks[0] if len(tasks) == 1 else None
+    out = Path(out) if out else emb.explore_dir
     report = UmapReport(result=result, tasks=tasks)
-    title = f"{collection.name} — {key} — UMAP ({settings.metric}, k={settings.n_neighbors})"
+    title = f"{emb.manifest.name} — {emb.key} — UMAP ({settings.metric}, k={settings.n_neighbors})"
     if settings.png:
         for task in tasks:
-            report.pngs[task] = scatter_png(result.coords, labels[task], out / f"umap_{task}.png",
+            report.pngs[task] = scatter_png(result.coords, result.labels[task], out / f"umap_{slug(task)}.png",
                                             title=f"{title}\n{task}")
     if settings.html:
-        emb_paths = [collection.path(str(i)) for i in result.ids]
         report.html, report.thumbnails = umap_html(
-            out / "umap.html", coords=result.coords, ids=result.ids, labels=labels, paths=emb_paths, title=title,
-            max_thumbnails=settings.max_thumbnails, thumb_size=settings.thumb_size, seed=settings.seed or 0)
+            out / "umap.html", coords=result.coords, ids=result.ids, labels=result.labels, paths=emb.paths(),
+            title=title, max_thumbnails=settings.max_thumbnails, thumb_size=settings.thumb_size,
+            seed=settings.seed or 0)
     return report
 
 
-__all__ = ["UmapSettings", "UmapResult", "UmapReport", "compute_umap", "umap_coordinates", "draw_umap",
-           "ensure_numba_cache", "cache_name"]
+__all__ = ["UmapSettings", "UmapResult", "UmapReport", "cached_umap", "compute_umap", "umap_coordinates",
+           "draw_umap", "ensure_numba_cache", "cache_name"]

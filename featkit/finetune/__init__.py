@@ -1,19 +1,30 @@
 """Shared-trunk multi-task fine-tuning whose embeddings go back into the store.
 
-Importing this package registers the ``finetuned-`` variant loader with
-:mod:`featkit.pipeline`, so ``featkit extract --variant finetuned-<run>`` finds runs.
+The trunk of run ``<run>`` becomes the store variant ``finetuned-<run>``: the backbone
+registry resolves that name through :func:`featkit.finetune.variant.load_finetuned_backbone`
+(registered by dotted path in :mod:`featkit.backbones.variants`, so nothing here is
+imported until it is used). The names below load on first use: the CLI reads
+:mod:`featkit.finetune.settings` without importing torch.
 """
 
-from featkit.finetune.compare import compare_single_multi
-from featkit.finetune.runs import VARIANT_PREFIX, list_runs, run_paths
-from featkit.finetune.settings import AUGMENTATIONS, Augment, FinetuneSettings, parse_cascade, parse_task_weights
-from featkit.finetune.train import FinetuneResult, finetune
-from featkit.finetune.variant import load_finetuned_backbone
-from featkit.pipeline import register_variant_loader
+from __future__ import annotations
 
-register_variant_loader(VARIANT_PREFIX, load_finetuned_backbone)
+import importlib
 
-__all__ = [
-    "AUGMENTATIONS", "Augment", "FinetuneResult", "FinetuneSettings", "VARIANT_PREFIX", "compare_single_multi",
-    "finetune", "list_runs", "load_finetuned_backbone", "parse_cascade", "parse_task_weights", "run_paths",
-]
+_LAZY = {
+    "compare_single_multi": "featkit.finetune.compare",
+    "VARIANT_PREFIX": "featkit.finetune.runs", "list_runs": "featkit.finetune.runs", "run_paths": "featkit.finetune.runs",
+    "AUGMENTATIONS": "featkit.finetune.settings", "Augment": "featkit.finetune.settings",
+    "FinetuneSettings": "featkit.finetune.settings", "parse_cascade": "featkit.finetune.settings",
+    "parse_task_weights": "featkit.finetune.settings",
+    "FinetuneResult": "featkit.finetune.train", "finetune": "featkit.finetune.train",
+    "load_finetuned_backbone": "featkit.finetune.variant",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'featkit.finetune' has no attribute {name!r}")

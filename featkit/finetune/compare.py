@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from featkit.config import Config
-from featkit.data.manifest import Collection
+from featkit.data.manifest import Manifest
 from featkit.finetune.runs import run_paths
 from featkit.finetune.settings import FinetuneSettings
 from featkit.finetune.splits import Split
@@ -16,7 +16,7 @@ def single_run_name(run: str, task: str) -> str:
     return f"{run}.single-{task}"
 
 
-def compare_single_multi(config: Config, collection: Collection, *, settings: FinetuneSettings,
+def compare_single_multi(config: Config, collection: Manifest, *, settings: FinetuneSettings,
                          resume: bool = False, overwrite: bool = False) -> dict:
     """Train the multi-task run, then one single-task run per task on the same split.
 

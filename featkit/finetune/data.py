@@ -19,16 +19,16 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, v2
 
 from featkit.backbones import Preprocess
-from featkit.data.manifest import Collection
+from featkit.data.manifest import Manifest
 from featkit.errors import FeatkitError
-from featkit.extract import ImageDataset, default_workers
+from featkit.extract.decode import ImageDataset, default_workers
 from featkit.finetune.model import IGNORE
 from featkit.finetune.settings import Augment
 
 CACHE_LIMIT_BYTES = 2 << 30
 
 
-def encode_targets(collection: Collection, tasks: Sequence[str]) -> tuple[dict[str, tuple[str, ...]], np.ndarray]:
+def encode_targets(collection: Manifest, tasks: Sequence[str]) -> tuple[dict[str, tuple[str, ...]], np.ndarray]:
     """Classes per task (sorted) and an (n, tasks) int64 array of class indices, IGNORE where unknown."""
     classes: dict[str, tuple[str, ...]] = {}
     targets = np.full((len(collection), len(tasks)), IGNORE, dtype=np.int64)
@@ -43,15 +43,6 @@ def encode_targets(collection: Collection, tasks: Sequence[str]) -> tuple[dict[s
         targets[known, j] = [index[str(v)] for v in labels[known]]
         classes[task] = names
     return classes, targets
-
-
-def training_preprocess(base: Preprocess, image_size: int | None) -> Preprocess:
-    """The weights' preprocessing at ``image_size`` (resize keeps the weights' resize/crop ratio)."""
-    if image_size is None or image_size == base.crop_size:
-        return base
-    resize = int(math.floor(image_size * base.resize_size / base.crop_size + 0.5))
-    return Preprocess(crop_size=image_size, resize_size=resize, mean=base.mean, std=base.std,
-                      interpolation=base.interpolation)
 
 
 def decode_transform(pre: Preprocess) -> v2.Compose:
@@ -105,7 +96,7 @@ class AugmentedImages(Dataset):
 class ImageSource:
     """Every image a run needs, decoded lazily or cached in memory once."""
 
-    def __init__(self, collection: Collection, rows: np.ndarray, pre: Preprocess, *, cache: bool | None,
+    def __init__(self, collection: Manifest, rows: np.ndarray, pre: Preprocess, *, cache: bool | None,
                  workers: int, device: torch.device) -> None:
         self.rows = np.asarray(rows)
         self.pre = pre

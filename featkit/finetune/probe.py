@@ -17,76 +17,71 @@ import json
 
 import numpy as np
 
-from featkit.backbones import Preprocess, create_backbone
+from featkit.backbones.variants import load_backbone
 from featkit.config import Config
-from featkit.data.manifest import Collection
+from featkit.data.manifest import Manifest
+from featkit.embeddings import load_embeddings
 from featkit.evaluate import EvalSettings, build_head, tune_and_fit
-from featkit.extract import ExtractSettings, extract
+from featkit.extract.cache import extract
+from featkit.extract.settings import ExtractSettings
 from featkit.finetune.report import balanced_accuracy
 from featkit.finetune.runs import run_paths
 from featkit.finetune.settings import FinetuneSettings
 from featkit.finetune.splits import Split
-from featkit.pipeline import extract_collection
 from featkit.store import FeatureStore
 
 
-def cache_probe_features(config: Config, collection: Collection, run: str, *,
+def cache_probe_features(config: Config, manifest: Manifest, run: str, *,
                          settings: ExtractSettings = ExtractSettings(progress=False)) -> dict[str, str]:
     """Extract (or resume) the frozen and fine-tuned embeddings the probe compares; name -> store key."""
     run_settings = FinetuneSettings.load(run_paths(config, run).settings)
     report = json.loads(run_paths(config, run).report.read_text())
     name, weights = run_settings.backbone, run_settings.weights
-    keys = {"frozen": extract_collection(config, collection, name, weights=weights, settings=settings).key}
-    net = create_backbone(name, weights=weights)
-    tuned = Preprocess.from_dict(report["preprocess"])
-    if tuned.fingerprint != net.preprocess.fingerprint:
-        net.preprocess = tuned
-        keys["frozen_same_size"] = extract(collection, net, store=FeatureStore(config.store_path),
-                                           variant=f"{net.weights}-{tuned.crop_size}px", settings=settings).key
-    keys["finetuned"] = extract_collection(config, collection, name, variant=report["variant"],
-                                           settings=settings).key
+    store = FeatureStore(config.store_path)
+    frozen = load_backbone(name, weights=weights)
+    keys = {"frozen": extract(manifest, frozen, store=store, settings=settings).key}
+    crop = int(report["preprocess"]["crop_size"])
+    if crop != frozen.preprocess.crop_size:  # the frozen network at the run's image size
+        same_size = load_backbone(name, variant=f"{frozen.weights}-{crop}px")
+        keys["frozen_same_size"] = extract(manifest, same_size, store=store, settings=settings).key
+    tuned = load_backbone(name, variant=report["variant"], config=config)
+    keys["finetuned"] = extract(manifest, tuned, store=store, settings=settings).key
     return keys
 
 
-def probe(store: FeatureStore, key: str, collection: Collection, task: str, split: Split, *,
+def probe(store: FeatureStore, key: str, manifest: Manifest, task: str, split: Split, *,
           clf: str = "logreg", eval_settings: EvalSettings = EvalSettings()) -> float | None:
     """Held-out balanced accuracy of head ``clf`` trained on the split's train + val rows of ``key``.
 
     ``eval_settings`` are fit's (e.g. ``params={"C": (0.01,)}`` fixes C instead of searching it).
     """
-    features = store.load(key)
-    where = dict(zip(collection.index_of(features.ids).tolist(), range(len(features.ids))))
-    labels = collection.task_labels(task)
-    groups = collection.groups
-
-    def rows(part: np.ndarray) -> np.ndarray:
-        return np.array([r for r in part if r in where and labels[r] is not None], dtype=np.int64)
-
-    train, test = rows(np.concatenate([split.train, split.val])), rows(split.test)
-    if len(test) == 0 or len(set(labels[train])) < 2:
+    data = load_embeddings(store, manifest, key).task(task, min_classes=1)
+    position = manifest.index_of(data.ids)
+    train = np.isin(position, np.concatenate([split.train, split.val]))
+    test = np.isin(position, split.test)
+    if not test.any() or len(set(data.y[train].tolist())) < 2:
         return None
-    X = features.X[[where[r] for r in train]]
-    y = labels[train].astype(str)
-    pipe, _ = build_head(clf, y, n_features=X.shape[1], settings=eval_settings)
-    fitted, _, _ = tune_and_fit(clf, pipe, X=X, y=y, groups=None if groups is None else groups[train].astype(str),
-                                settings=eval_settings)
-    pred = fitted.predict(features.X[[where[r] for r in test]])
-    return balanced_accuracy(labels[test].astype(str), np.asarray(pred).astype(str))
+    y = data.y[train].astype(str)
+    pipe, _ = build_head(clf, y, n_features=data.X.shape[1], settings=eval_settings)
+    groups = None if data.groups is None else data.groups[train].astype(str)
+    fitted, _, _ = tune_and_fit(clf, pipe, X=data.X[train], y=y, groups=groups, settings=eval_settings)
+    pred = fitted.predict(data.X[test])
+    return balanced_accuracy(data.y[test].astype(str), np.asarray(pred).astype(str))
 
 
-def probe_comparison(config: Config, collection: Collection, run: str, *, clf: str = "logreg",
+def probe_comparison(config: Config, manifest: Manifest, run: str, *, clf: str = "logreg",
                      eval_settings: EvalSettings = EvalSettings(),
                      settings: ExtractSettings = ExtractSettings(progress=False)) -> dict:
     """Per task: held-out balanced accuracy of each probe and of the fine-tuned heads."""
     paths = run_paths(config, run)
     report = json.loads(paths.report.read_text())
-    split = Split.load(paths.split, collection)
-    keys = cache_probe_features(config, collection, run, settings=settings)
+    split = Split.load(paths.split, manifest)
+    keys = cache_probe_features(config, manifest, run, settings=settings)
     store = FeatureStore(config.store_path)
     tasks = {}
     for entry in report["tasks"]:
         task = entry["task"]
-        row = {f"{name}_probe": probe(store, key, collection, task, split, clf=clf, eval_settings=eval_settings)
+        row = {f"{name}_probe": probe(store, key, manifest, task, split, clf=clf, eval_settings=eval_settings)
                for name, key in keys.items()}
         row["finetuned_heads"] = entry["metrics"]["balanced_accuracy"]
         tasks[task] = row

@@ -1,4 +1,4 @@
-"""Where a fine-tuning run lives: ``<collection root>/runs/finetune/<run>/``.
+"""Where a fine-tuning run lives: ``<runs>/finetune/<run>/`` (``Config.finetune_dir``).
 
     settings.json     the exact FinetuneSettings (JSON)
     split.json        train / val / test image ids
@@ -47,16 +47,12 @@ class RunPaths:
                    predictions=folder / "predictions.csv")
 
 
-def runs_root(config: Config) -> Path:
-    return config.root / "runs" / "finetune"
-
-
 def run_paths(config: Config, run: str) -> RunPaths:
-    return RunPaths.at(runs_root(config) / run)
+    return RunPaths.at(config.finetune_run_dir(run))
 
 
 def list_runs(config: Config) -> list[str]:
-    root = runs_root(config)
+    root = config.finetune_dir
     return sorted(p.name for p in root.iterdir() if (p / "settings.json").is_file()) if root.is_dir() else []
 
 
@@ -82,7 +78,7 @@ def prepare_run(config: Config, settings: FinetuneSettings, *, resume: bool, ove
         if not started or not paths.last.is_file():
             runs = list_runs(config)
             raise FeatkitError(f"no fine-tuning run {settings.run_name!r} with a checkpoint to resume in "
-                               f"{runs_root(config)}; runs there: {', '.join(runs) or '(none)'}")
+                               f"{config.finetune_dir}; runs there: {', '.join(runs) or '(none)'}")
         check_resumable(FinetuneSettings.load(paths.settings), settings, paths)
     elif started and not overwrite:
         state = "finished" if paths.report.is_file() else "interrupted"
@@ -129,7 +125,7 @@ def settings_from_flags(config: Config, *, resume: bool = False, **flags) -> Fin
         run = given.get("run") or "+".join(given.get("tasks", config.tasks))
         path = run_paths(config, run).settings
         if not path.is_file():
-            raise FeatkitError(f"no fine-tuning run {run!r} to resume in {runs_root(config)}; runs there: "
+            raise FeatkitError(f"no fine-tuning run {run!r} to resume in {config.finetune_dir}; runs there: "
                                f"{', '.join(list_runs(config)) or '(none)'}")
         return FinetuneSettings.load(path).replace(**given)
     given.setdefault("tasks", tuple(config.tasks))

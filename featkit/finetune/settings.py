@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from featkit.errors import FeatkitError, choices_message
-from featkit.extract import DEVICES, PRECISIONS
+from featkit.extract.settings import DEVICES, PRECISIONS
 
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "step", "constant")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from featkit.data.manifest import Collection
+from featkit.data.manifest import Manifest
+from featkit.data.splits import TEST_VALUES, VAL_VALUES, evaluation_splits
 from featkit.errors import FeatkitError
-from featkit.evaluate import TEST_VALUES, VAL_VALUES, evaluation_splits
 
 _NAMES = {"train": "train", **{v: "val" for v in VAL_VALUES}, **{v: "test" for v in TEST_VALUES}}
 _UNKNOWN = "\0unknown"
@@ -34,13 +34,13 @@ class Split:
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
-    def save(self, path: Path, collection: Collection) -> None:
+    def save(self, path: Path, collection: Manifest) -> None:
         ids = np.asarray(collection.ids, dtype=object)
         data = {"source": self.source, **{part: ids[getattr(self, part)].tolist() for part in ("train", "val", "test")}}
         Path(path).write_text(json.dumps(data) + "\n")
 
     @classmethod
-    def load(cls, path: Path, collection: Collection) -> "Split":
+    def load(cls, path: Path, collection: Manifest) -> "Split":
         data = json.loads(Path(path).read_text())
         try:
             parts = {part: collection.index_of(data[part]) for part in ("train", "val", "test")}
@@ -49,7 +49,7 @@ class Split:
         return cls(source=data.get("source", ""), **parts)
 
 
-def _groups(collection: Collection) -> np.ndarray:
+def _groups(collection: Manifest) -> np.ndarray:
     n = len(collection)
     if collection.groups is None:
         return np.arange(n).astype(str).astype(object)
@@ -70,7 +70,7 @@ def _holdout(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, fraction: floa
     return rows[keep], rows[held]
 
 
-def make_split(collection: Collection, stratify_task: str, *, val_fraction: float = 0.15,
+def make_split(collection: Manifest, stratify_task: str, *, val_fraction: float = 0.15,
                test_fraction: float = 0.2, seed: int = 0) -> Split:
     """Train/val/test rows: the split column where there is one, else a group-aware holdout."""
     y = np.array([_UNKNOWN if v is None else v for v in collection.task_labels(stratify_task)], dtype=object)

@@ -24,12 +24,12 @@ import torch
 
 from featkit.backbones import create_backbone
 from featkit.config import Config
-from featkit.data.manifest import Collection
+from featkit.data.manifest import Manifest
 from featkit.errors import FeatkitError
-from featkit.extract import autocast, resolve_device, resolve_precision
+from featkit.extract.runtime import autocast, resolve_device, resolve_precision
 from featkit.finetune.blocks import freeze_batchnorm_stats, set_trainable, trainable_count, trunk_blocks
 from featkit.finetune.data import (ImageSource, auto_workers, encode_targets, eval_transform, seeded,
-                                   train_transform, training_preprocess)
+                                   train_transform)
 from featkit.finetune.model import IGNORE, MultiTaskLoss, MultiTaskNet, class_weights
 from featkit.finetune.report import balanced_accuracy, plot_curves, task_report
 from featkit.finetune.runs import VARIANT_PREFIX, RunPaths, atomic_save, load_checkpoint, prepare_run
@@ -87,7 +87,7 @@ def _oom_message(settings: FinetuneSettings, epoch: int) -> str:
 class Trainer:
     """One run's state: model, loss, optimiser, schedule, data, history."""
 
-    def __init__(self, config: Config, collection: Collection, settings: FinetuneSettings, paths: RunPaths, *,
+    def __init__(self, config: Config, collection: Manifest, settings: FinetuneSettings, paths: RunPaths, *,
                  split: Split | None = None) -> None:
         self.settings = s = settings
         self.collection = collection
@@ -102,7 +102,7 @@ class Trainer:
         self.split.save(paths.split, collection)
         self._check_train_classes()
         backbone = create_backbone(s.backbone, weights=s.weights, seed=s.seed)
-        backbone.preprocess = training_preprocess(backbone.preprocess, s.image_size)
+        backbone.preprocess = backbone.preprocess.at_crop_size(s.image_size)
         self.pre = backbone.preprocess
         self.base_weights = backbone.weights
         self.blocks = trunk_blocks(backbone)
@@ -380,7 +380,7 @@ def _progress(enabled: bool):
                     TextColumn("{task.fields[info]}"), transient=False)
 
 
-def finetune(config: Config, collection: Collection, *, settings: FinetuneSettings, resume: bool = False,
+def finetune(config: Config, collection: Manifest, *, settings: FinetuneSettings, resume: bool = False,
              overwrite: bool = False, split: Split | None = None,
              callbacks: Sequence[Callable[[dict], None]] = ()) -> FinetuneResult:
     """Fine-tune ``settings.backbone`` on ``settings.tasks``; the trunk becomes variant finetuned-<run>.

@@ -7,25 +7,26 @@ preprocessing it was trained with, so rows of two different fine-tunings never m
 
 from __future__ import annotations
 
-from featkit.backbones import Backbone, Preprocess, create_backbone
+from featkit.backbones import Preprocess, create_backbone
+from featkit.backbones.model import Backbone
 from featkit.backbones.weights import file_sha256
 from featkit.config import Config
 from featkit.errors import FeatkitError
-from featkit.finetune.runs import VARIANT_PREFIX, list_runs, load_checkpoint, run_paths, runs_root
+from featkit.finetune.runs import VARIANT_PREFIX, list_runs, load_checkpoint, run_paths
+from featkit.paths import slug
 
 
-def load_finetuned_backbone(config: Config, backbone: str, variant: str) -> Backbone:
+def load_finetuned_backbone(arch: str, variant: str, *, config: Config) -> Backbone:
     """The trunk saved by run ``variant[len("finetuned-"):]``, with its preprocessing and sha256."""
     run = variant[len(VARIANT_PREFIX):]
-    paths = run_paths(config, run) if run and "/" not in run and ".." not in run else None
+    paths = run_paths(config, run) if run and slug(run, fallback="") == run else None
     if paths is None or not paths.trunk.is_file():
         finished = [r for r in list_runs(config) if run_paths(config, r).trunk.is_file()]
         raise FeatkitError(
-            f"no fine-tuned trunk for variant {variant!r} in {runs_root(config)}; run `featkit finetune` first. "
+            f"no fine-tuned trunk for variant {variant!r} in {config.finetune_dir}; run `featkit finetune` first. "
             f"Variants there: {', '.join(VARIANT_PREFIX + r for r in finished) or '(none)'}"
         )
     state = load_checkpoint(paths.trunk)
-    arch = backbone.split(".", 1)[0]
     if state.get("backbone") != arch:
         raise FeatkitError(f"variant {variant!r} is a fine-tuned {state.get('backbone')}, not {arch}; "
                            f"use --backbone {state.get('backbone')}")
@@ -34,7 +35,7 @@ def load_finetuned_backbone(config: Config, backbone: str, variant: str) -> Back
         net.model.load_state_dict(state["state_dict"])
     except RuntimeError as err:
         raise FeatkitError(f"{paths.trunk} does not fit {arch}: {str(err).splitlines()[0]}") from None
-    net.weights = variant
+    net.weights = net.variant = variant
     net.weights_sha256 = file_sha256(paths.trunk)
     net.preprocess = Preprocess.from_dict(state["preprocess"])
     return net.eval()

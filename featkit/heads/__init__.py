@@ -1,7 +1,9 @@
 """Per-task heads over cached embeddings: sklearn/imblearn pipelines from one registry.
 
-Evaluation (splits, tuning, metrics) lives in :mod:`featkit.evaluate`, saved models
-in :mod:`featkit.modelio`, prediction on new images in :mod:`featkit.predict`.
+A leaf of the library: the registry and its built-ins (registered on import, as timm
+registers its models), importing no sklearn until a head is built. Evaluation lives in
+:mod:`featkit.evaluate`, fitting a task in :mod:`featkit.fit`, saved models in
+:mod:`featkit.modelio`.
 """
 
 from featkit.heads.registry import (
@@ -14,26 +16,15 @@ from featkit.heads.registry import (
     get_head_spec,
     list_heads,
     list_samplers,
-    make_head,
+    parse_params,
     rebalance_choices,
     register_head,
     register_sampler,
     resolve_rebalance,
 )
+from featkit.heads import builtin  # noqa: E402,F401  (registers logreg, linsvc, lgbm and the samplers)
 
-_RUN = ("FitSettings", "RunResult", "fit_task", "fit_tasks")
-
-
-def __getattr__(name: str):
-    """``fit_task`` & co. live in :mod:`featkit.heads.run` (imported lazily: it needs evaluate and the store)."""
-    if name in _RUN:
-        from featkit.heads import run
-
-        return getattr(run, name)
-    raise AttributeError(f"module 'featkit.heads' has no attribute {name!r}")
-
-
-__all__ = [*_RUN, 
+__all__ = [
     "AUTO", "CLASS_WEIGHT", "NONE", "HeadSpec", "create_head", "create_sampler", "get_head_spec", "list_heads",
-    "list_samplers", "make_head", "rebalance_choices", "register_head", "register_sampler", "resolve_rebalance",
+    "list_samplers", "parse_params", "rebalance_choices", "register_head", "register_sampler", "resolve_rebalance",
 ]

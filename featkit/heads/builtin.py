@@ -20,57 +20,33 @@ correlated dimensions, hundreds to tens of thousands of rows):
 
 from __future__ import annotations
 
-from imblearn.over_sampling import SMOTE, RandomOverSampler
-from imblearn.under_sampling import RandomUnderSampler
-import numpy as np
-from lightgbm import LGBMClassifier
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.linear_model import LogisticRegression
-from sklearn.svm import LinearSVC
-from sklearn.utils.class_weight import compute_sample_weight
-
 from featkit.heads.registry import HeadSpec, register_head, register_sampler
 
 
-def _logreg(params: dict, *, class_weight, seed: int, n_jobs: int | None) -> LogisticRegression:
+# Builders import their library when a head is built: registering the heads (and listing
+# them in `featkit --help`) imports no sklearn or LightGBM.
+def _logreg(params: dict, *, class_weight, seed: int, n_jobs: int | None):
+    from sklearn.linear_model import LogisticRegression
+
     return LogisticRegression(C=float(params["C"]), max_iter=int(params["max_iter"]), tol=float(params["tol"]),
                               class_weight=class_weight, random_state=seed)
 
 
-class BalancedCalibratedClassifierCV(CalibratedClassifierCV):
-    """``CalibratedClassifierCV`` whose calibration weighs classes like its classifier.
+def _linsvc(params: dict, *, class_weight, seed: int, n_jobs: int | None):
+    from sklearn.svm import LinearSVC
 
-    sklearn fits the sigmoid calibrators on raw class frequencies, which undoes
-    ``class_weight="balanced"``: measured on clothing ``kids`` (1:10), calibrated
-    LinearSVC predicted the majority class almost always (balanced accuracy 0.53 vs
-    logreg's 0.72). With ``balanced=True`` the classifier *and* the calibrators are
-    fitted with inverse-frequency sample weights, so the probabilities are posteriors
-    under equal class priors — what logistic regression with class weights gives.
-    """
+    from featkit.heads.calibration import BalancedCalibratedClassifierCV
 
-    _parameter_constraints: dict = {**CalibratedClassifierCV._parameter_constraints, "balanced": ["boolean"]}
-
-    def __init__(self, estimator=None, *, method="sigmoid", cv=None, n_jobs=None, ensemble="auto",
-                 balanced: bool = False):
-        super().__init__(estimator, method=method, cv=cv, n_jobs=n_jobs, ensemble=ensemble)
-        self.balanced = balanced
-
-    def fit(self, X, y, sample_weight=None, **fit_params):
-        if self.balanced and y is not None:  # without y, let sklearn say y is required
-            weights = compute_sample_weight("balanced", np.asarray(y))
-            sample_weight = weights if sample_weight is None else np.asarray(sample_weight) * weights
-        return super().fit(X, y, sample_weight=sample_weight, **fit_params)
-
-
-def _linsvc(params: dict, *, class_weight, seed: int, n_jobs: int | None) -> BalancedCalibratedClassifierCV:
-    # class weights travel as sample weights through the SVM and its calibration (see the class above)
+    # class weights travel as sample weights through the SVM and its calibration (see calibration.py)
     svc = LinearSVC(C=float(params["C"]), max_iter=int(params["max_iter"]), tol=float(params["tol"]),
                     random_state=seed, dual="auto")
     return BalancedCalibratedClassifierCV(svc, method="sigmoid", cv=2, ensemble=False,
                                           balanced=class_weight == "balanced")
 
 
-def _lgbm(params: dict, *, class_weight, seed: int, n_jobs: int | None) -> LGBMClassifier:
+def _lgbm(params: dict, *, class_weight, seed: int, n_jobs: int | None):
+    from lightgbm import LGBMClassifier
+
     return LGBMClassifier(
         n_estimators=int(params["n_estimators"]),
         learning_rate=float(params["learning_rate"]),
@@ -127,7 +103,24 @@ def _smote_k(smallest_class: int | None) -> int:
     return max(1, min(5, smallest_class // 2 - 1))
 
 
-register_sampler("oversample", lambda *, seed, smallest_class: RandomOverSampler(random_state=seed))
-register_sampler("smote", lambda *, seed, smallest_class: SMOTE(k_neighbors=_smote_k(smallest_class),
-                                                                random_state=seed))
-register_sampler("undersample", lambda *, seed, smallest_class: RandomUnderSampler(random_state=seed))
+def _oversample(*, seed: int, smallest_class: int | None):
+    from imblearn.over_sampling import RandomOverSampler
+
+    return RandomOverSampler(random_state=seed)
+
+
+def _smote(*, seed: int, smallest_class: int | None):
+    from imblearn.over_sampling import SMOTE
+
+    return SMOTE(k_neighbors=_smote_k(smallest_class), random_state=seed)
+
+
+def _undersample(*, seed: int, smallest_class: int | None):
+    from imblearn.under_sampling import RandomUnderSampler
+
+    return RandomUnderSampler(random_state=seed)
+
+
+register_sampler("oversample", _oversample)
+register_sampler("smote", _smote)
+register_sampler("undersample", _undersample)

@@ -9,6 +9,10 @@ Samplers sit inside the pipeline, so they run on training folds only and never
 touch validation or test rows (imblearn skips them at predict time). Each head's
 spec says which hyperparameters are chosen inside the training data (``grid``) and
 how (``tuning``: inner cross-validation, or early stopping on a validation split).
+
+The registry imports no sklearn: names and hyperparameter grids are plain data (the
+CLI checks ``--clf`` and ``--rebalance`` while parsing), and pipelines are built by
+:func:`create_head`.
 """
 
 from __future__ import annotations
@@ -16,14 +20,13 @@ from __future__ import annotations
 import fnmatch
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-from imblearn.pipeline import Pipeline
-from sklearn.base import BaseEstimator
-from sklearn.decomposition import PCA
-from sklearn.preprocessing import StandardScaler
+from typing import TYPE_CHECKING, Any, Callable
 
 from featkit.errors import FeatkitError, choices_message
+
+if TYPE_CHECKING:
+    from imblearn.pipeline import Pipeline
+    from sklearn.base import BaseEstimator
 
 NONE = "none"
 AUTO = "auto"
@@ -37,7 +40,7 @@ class HeadSpec:
 
     name: str
     description: str
-    build: Callable[..., BaseEstimator]  # (params, *, class_weight, seed, n_jobs: int | None) -> classifier
+    build: Callable[..., "BaseEstimator"]  # (params, *, class_weight, seed, n_jobs: int | None) -> classifier
     defaults: dict[str, Any] = field(default_factory=dict)  # hyperparameters when neither grid nor user set them
     grid: dict[str, tuple] = field(default_factory=dict)  # chosen inside training data unless the user fixes them
     tuning: str = "grid"  # "grid": inner CV over ``grid``; "early_stopping": validation split picks rounds
@@ -51,7 +54,7 @@ class HeadSpec:
 
 
 _HEADS: dict[str, HeadSpec] = {}
-_SAMPLERS: dict[str, Callable[..., BaseEstimator]] = {}
+_SAMPLERS: dict[str, Callable[..., "BaseEstimator"]] = {}
 
 
 def register_head(spec: HeadSpec) -> HeadSpec:
@@ -63,26 +66,19 @@ def register_head(spec: HeadSpec) -> HeadSpec:
     return spec
 
 
-def register_sampler(name: str, factory: Callable[..., BaseEstimator]) -> None:
+def register_sampler(name: str, factory: Callable[..., "BaseEstimator"]) -> None:
     """``factory(*, seed, smallest_class) -> imblearn sampler``."""
     if name in _SAMPLERS or name in (NONE, AUTO, CLASS_WEIGHT):
         raise ValueError(f"sampler {name!r} is already registered")
     _SAMPLERS[name] = factory
 
 
-def _ensure_builtins() -> None:
-    if not _HEADS:
-        from featkit.heads import builtin  # noqa: F401  (registers on import)
-
-
 def list_heads(pattern: str = "*") -> list[str]:
     """Registered head names matching ``pattern`` (fnmatch)."""
-    _ensure_builtins()
     return sorted(name for name in _HEADS if fnmatch.fnmatch(name, pattern))
 
 
 def list_samplers() -> list[str]:
-    _ensure_builtins()
     return sorted(_SAMPLERS)
 
 
@@ -92,14 +88,12 @@ def rebalance_choices() -> list[str]:
 
 
 def get_head_spec(name: str) -> HeadSpec:
-    _ensure_builtins()
     if name not in _HEADS:
         raise FeatkitError(choices_message("head", name, list(_HEADS)))
     return _HEADS[name]
 
 
-def create_sampler(name: str, *, seed: int = 0, smallest_class: int | None = None) -> BaseEstimator:
-    _ensure_builtins()
+def create_sampler(name: str, *, seed: int = 0, smallest_class: int | None = None) -> "BaseEstimator":
     if name not in _SAMPLERS:
         raise FeatkitError(choices_message("sampler", name, list(_SAMPLERS)))
     return _SAMPLERS[name](seed=seed, smallest_class=smallest_class)
@@ -142,13 +136,17 @@ def create_head(
     class_counts: dict[str, int] | None = None,
     seed: int = 0,
     n_jobs: int | None = None,
-) -> Pipeline:
+) -> "Pipeline":
     """An unfitted pipeline for head ``name``.
 
     ``params`` are the classifier's hyperparameters by their short names (``C``,
     ``num_leaves``); scalar values only (grids are searched by :mod:`featkit.evaluate`).
     ``rebalance`` ``auto`` is resolved from ``class_counts``.
     """
+    from imblearn.pipeline import Pipeline
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
     spec = get_head_spec(name)
     if n_classes < 2:
         raise FeatkitError(f"a classifier needs at least 2 classes; this task has {n_classes}")
@@ -175,7 +173,32 @@ def create_head(
     return Pipeline(steps)
 
 
-def make_head(name: str, *, n_classes: int, rebalance: str = NONE, pca: int | None = None,
-              params: dict[str, Any] | None = None, **kwargs: Any) -> Pipeline:
-    """Alias of :func:`create_head` (the name the design notes use)."""
-    return create_head(name, n_classes=n_classes, rebalance=rebalance, pca=pca, params=params, **kwargs)
+def parse_params(items: list[str], head: str) -> dict[str, tuple]:
+    """``["C=0.1", "num_leaves=7,15,31"]`` -> ``{"C": (0.1,), "num_leaves": (7, 15, 31)}`` for ``head``.
+
+    Each value is parsed as the type of the head's own default (or grid) for that name, so
+    ``C=abc`` or ``num_leaves=7.5`` is refused with the name, the value and what it takes.
+    """
+    spec = get_head_spec(head)
+    known = {**{k: v[0] for k, v in spec.grid.items()}, **spec.defaults}
+    out: dict[str, tuple] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        name = name.strip()
+        parts = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not name or not parts:
+            raise FeatkitError(f"parameter {item!r} is not NAME=VALUE or NAME=V1,V2 (e.g. C=0.1, num_leaves=7,15,31)")
+        if name not in known:
+            raise FeatkitError(f"unknown parameter {name!r} for head {head!r}; valid: {', '.join(sorted(known))}")
+        kind = type(known[name])
+        parsed = []
+        for text in parts:
+            try:
+                value = kind(text)
+            except ValueError:
+                what = {int: "a whole number", float: "a number"}.get(kind, kind.__name__)
+                raise FeatkitError(f"--param {name}={values}: {name} of head {head!r} takes {what} "
+                                   f"(e.g. {name}={known[name]}), got {text!r}") from None
+            parsed.append(value)
+        out[name] = tuple(parsed)
+    return out

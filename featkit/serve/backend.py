@@ -14,21 +14,20 @@ import hashlib
 import json
 import tempfile
 import threading
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from featkit.api import Collection, Embeddings
 from featkit.config import Config
 from featkit.data.corrections import (append_corrections, apply_corrections, corrected_manifest, corrections_path,
                                       make_correction, read_corrections)
 from featkit.data.images import ImageLoadError, load_image
-from featkit.data.manifest import load_collection
+from featkit.embeddings import resolve_key, resolve_keys
 from featkit.errors import FeatkitError, choices_message
-from featkit.explore.embeddings import Embeddings, load_embeddings, resolve_key, resolve_keys, store_of
-from featkit.explore.neighbors import l2_normalize
+from featkit.explore.similar import SimilarityIndex, similar
 from featkit.explore.umap import UmapSettings, umap_coordinates
 
 QUEUES = ("uncertain", "label-issues", "outliers", "duplicates", "leaks")
@@ -66,8 +65,8 @@ class WorkbenchSettings:
 
 
 def thumbnail_dir(config: Config, size: int) -> Path:
-    """Where thumbnails are cached: ``<collection>/.featkit/thumbs/<size>/`` (made once, reused by every run)."""
-    return config.root / ".featkit" / "thumbs" / str(size)
+    """Where thumbnails are cached: ``<config.cache_dir>/thumbs/<size>/`` (made once, reused by every run)."""
+    return config.cache_dir / "thumbs" / str(size)
 
 
 def _plain(value):
@@ -85,12 +84,12 @@ def _plain(value):
 
 @dataclass
 class _View:
-    """One store group: its embedded rows (L2-normalised once) and their UMAP coordinates, in the same order."""
+    """One store group: its embedded rows, their UMAP coordinates (same order) and an exact search index."""
 
     key: str
     emb: Embeddings
     coords: np.ndarray
-    row_of: dict[str, int]  # image id -> row of emb
+    index: SimilarityIndex  # the rows L2-normalised once
     clusters: np.ndarray | None = None
 
     @property
@@ -116,15 +115,16 @@ class Workbench:
         settings.validate()
         self.config = config
         self.settings = settings
-        self.collection = load_collection(config)
-        self.keys = resolve_keys(config)
+        self.col = Collection(config)
+        self.collection = self.col.manifest
+        self.keys = resolve_keys(self.col.store)
         if settings.backbone or settings.variant:
-            self.default_key = store_of(config).resolve_key(settings.backbone, settings.variant)
+            self.default_key = resolve_key(self.col.store, backbone=settings.backbone, variant=settings.variant)
         else:
             self.default_key = self.keys[0]
         self.user = settings.user or _login()
         self.corrections_file = corrections_path(config)
-        self._ids = set(self.collection.ids)
+        self._ids = set(self.collection.ids.tolist())
         self._views: dict[str, _View] = {}
         self._current: dict[str, tuple] = {}  # key -> (labels it was made with, Embeddings with them)
         self._queues: dict[tuple, dict] = {}
@@ -163,14 +163,9 @@ class Workbench:
         key = self._key(key)
         with self._compute:
             if key not in self._views:
-                emb = load_embeddings(self.config, key=key, collection=self.collection)
-                emb = replace(emb, X=l2_normalize(emb.X))  # cosine = dot product from here on
-                result = umap_coordinates(self.config, key=key, settings=UmapSettings(png=False, html=False),
-                                          collection=self.collection)
-                where = {str(i): n for n, i in enumerate(result.ids)}
-                order = np.array([where[str(i)] for i in emb.ids])
-                self._views[key] = _View(key=key, emb=emb, coords=result.coords[order],
-                                         row_of={str(i): r for r, i in enumerate(emb.ids)})
+                emb = self.col.embeddings(key=key)
+                result = umap_coordinates(emb, settings=UmapSettings(png=False, html=False))  # rows in emb's order
+                self._views[key] = _View(key=key, emb=emb, coords=result.coords, index=SimilarityIndex(emb))
             return self._views[key]
 
     def current(self, view: _View) -> Embeddings:
@@ -178,7 +173,7 @@ class Workbench:
         labels, _ = self.labels()
         made = self._current.get(view.key)
         if made is None or made[0] is not labels:
-            made = (labels, replace(view.emb, collection=replace(self.collection, labels=labels)))
+            made = (labels, replace(view.emb, manifest=replace(self.collection, labels=labels)))
             self._current[view.key] = made
         return made[1]
 
@@ -196,7 +191,7 @@ class Workbench:
     def run(self, task: str, key: str) -> _Run | None:
         """The newest run folder under ``runs/`` that fitted ``task`` on ``key`` (None when there is none)."""
         found = []
-        for report_path in (self.config.root / "runs").glob("**/report.json"):
+        for report_path in self.config.runs_dir.glob("**/report.json"):
             mtime = report_path.stat().st_mtime_ns
             known = self._reports.get(report_path)
             if known is None or known[0] != mtime:  # each report is parsed once per change, not per request
@@ -271,16 +266,13 @@ class Workbench:
         }
 
     def clusters(self, key: str | None = None) -> dict:
-        """k-means clusters of the store group's normalised embeddings (one id per map row)."""
-        from sklearn.cluster import MiniBatchKMeans
+        """k-means clusters of the store group (k by silhouette), one per map row."""
+        from featkit.explore.clusters import cluster_embeddings
 
         view = self.view(key)
         with self._compute:
             if view.clusters is None:
-                n = len(view.rows)
-                k = int(np.clip(round(np.sqrt(n / 4)), 2, 40))
-                model = MiniBatchKMeans(n_clusters=min(k, n), random_state=0, n_init=3, batch_size=2048)
-                view.clusters = model.fit_predict(view.emb.X)
+                view.clusters = cluster_embeddings(view.emb).labels
         return {"key": view.key, "k": int(view.clusters.max()) + 1, "cluster": view.clusters.tolist()}
 
     def item(self, image_id: str, key: str | None = None) -> dict:
@@ -304,8 +296,9 @@ class Workbench:
         same_group = []
         if coll.groups is not None and coll.groups[row] is not None:
             same_group = [i for i, g in zip(coll.ids, coll.groups) if g == coll.groups[row] and i != image_id][:24]
-        embedded = image_id in view.row_of
-        neighbors = self._results(similar(self.current(view), image_id, k=self.settings.neighbors)) if embedded else []
+        embedded = view.index.row_of(image_id) is not None
+        neighbors = self._results(similar(self.current(view), image_id, k=self.settings.neighbors,
+                                          index=view.index)) if embedded else []
         return {"id": image_id, "key": view.key, "embedded": embedded,
                 "group": coll.groups[row] if coll.groups is not None else None,
                 "split": coll.split[row] if coll.split is not None else None,
@@ -355,10 +348,10 @@ class Workbench:
         self._row(image_id)
         view = self.view(key)
         options = self._search_options(k, task, label)
-        if image_id not in view.row_of:
+        if view.index.row_of(image_id) is None:
             raise NotFound(f"image {image_id!r} has no embedding in {view.key} (it failed to decode)")
         return {"query": {"id": image_id}, "key": view.key, **options,
-                "results": self._results(similar(self.current(view), image_id, **options))}
+                "results": self._results(similar(self.current(view), image_id, index=view.index, **options))}
 
     def similar_upload(self, data: bytes, *, filename: str = "upload", k=None, task=None, label=None,
                        key: str | None = None) -> dict:
@@ -376,10 +369,7 @@ class Workbench:
                 load_image(path)  # the extraction guards: a clear reason before any model is loaded
             except ImageLoadError as err:
                 raise BadImage(f"cannot use the upload: {err}") from None
-            X, errors = embed_files(self.config, [path], key=view.key)
-        if errors:
-            raise BadImage(f"cannot use the upload: {errors[0]}")
-        frame = similar(self.current(view), X[0], exclude_self=False, **options)
+            frame = similar(self.current(view), path, exclude_self=False, index=view.index, **options)
         return {"query": {"upload": Path(filename).name[:200]}, "key": view.key, **options,
                 "results": self._results(frame)}
 
@@ -449,7 +439,7 @@ class Workbench:
             frame = result.issues.assign(id=preds.index[result.issues["position"]])
             source = f"out-of-fold probabilities of fit run {run.folder.name} ({len(preds)} held-out images)"
         else:
-            report = find_label_issues(self.config, key=view.key, task=task, collection=self.collection)
+            report = find_label_issues(view.emb, task)
             frame, source = report.frame, report.result.proba_source
         items = [{"id": r["id"], "given": r["given"], "suggested": r["suggested"], "score": _plain(r["self_confidence"]),
                   "score_name": "self-confidence",
@@ -460,8 +450,7 @@ class Workbench:
     def _outliers(self, task: str, view: _View, run: _Run | None, **_) -> dict:
         from featkit.explore.outliers import OutlierSettings, find_outliers
 
-        report = find_outliers(self.config, key=view.key, task=task, collection=self.collection,
-                               settings=OutlierSettings(top=self.settings.queue_size, gallery=False))
+        report = find_outliers(view.emb, task, settings=OutlierSettings(top=self.settings.queue_size, gallery=False))
         items = []
         for r in report.top_rows.to_dict(orient="records"):
             suggested = None
@@ -479,8 +468,7 @@ class Workbench:
         with self._compute:
             cache_key = ("pairs", view.key)
             if cache_key not in self._queues:
-                self._queues[cache_key] = {"report": find_duplicates(self.config, key=view.key,
-                                                                     collection=self.collection)}
+                self._queues[cache_key] = {"report": find_duplicates(view.emb)}
             report = self._queues[cache_key]["report"]
         pairs = report.leaks if leaks_only else report.pairs
         pos = {i: p for p, i in enumerate(self.collection.ids)}
@@ -553,102 +541,6 @@ class Workbench:
         img.save(tmp, format="JPEG", quality=85)
         tmp.replace(target)
         return target
-
-
-# -- search by image -----------------------------------------------------------------------
-# A stand-in with the signature of main's coming featkit.explore.similar.similar (issue 9), which replaces it at
-# the merge. Exact: a matrix-vector product and the row norms (13 ms at 10k rows, 0.18 s at 100k rows of 1280
-# floats on the 2-core machine; past ~1M rows an index such as FAISS would take over).
-def similar(emb: Embeddings, query, *, k: int = 10, task: str | None = None, label: str | None = None,
-            exclude_self: bool = True) -> pd.DataFrame:
-    """The ``k`` rows of ``emb`` most cosine-similar to ``query`` — an image id, a path to an image of the
-    collection, or a 1-D embedding — best first: ``id, score, path`` and one column per task's label.
-    ``task`` (and ``label``) keep only rows labelled for it (with that label)."""
-    if isinstance(query, np.ndarray):
-        vector, row = query, None
-    else:
-        row = _query_row(emb, query)
-        vector = emb.X[row]
-    if label is not None and task is None:
-        raise FeatkitError(f"filtering by label {label!r} needs a task")
-    X = emb.X
-    norms = np.sqrt(np.einsum("ij,ij->i", X, X))  # two passes over X, no normalised copy of it
-    scores = (X @ l2_normalize(np.asarray(vector, np.float32).reshape(1, -1))[0]) / np.maximum(norms, 1e-12)
-    keep = np.ones(len(emb.ids), bool)
-    if task is not None:
-        values = emb.labels(task)
-        keep &= np.array([v is not None if label is None else v == label for v in values], dtype=bool)
-    if exclude_self and row is not None:
-        keep[row] = False
-    candidates = np.flatnonzero(keep)
-    k = min(k, len(candidates))
-    best = candidates[np.argpartition(-scores[candidates], k - 1)[:k]] if k else candidates[:0]
-    best = best[np.lexsort((best, -scores[best]))]
-    frame = pd.DataFrame({"id": emb.ids[best].astype(str), "score": scores[best].astype(np.float64),
-                          "path": [str(p) for p in emb.paths(best)]})
-    for name in emb.collection.tasks:
-        frame[name] = emb.labels(name)[best]
-    return frame
-
-
-def _query_row(emb: Embeddings, query) -> int:
-    """The row of ``emb`` for an image id, or for a path (relative to the current folder) to one of its images."""
-    ids = emb.ids.astype(str)
-    text = str(query)
-    if text not in ids:  # no symlink resolution: the collection's images/ may be a link to another disk
-        try:
-            text = Path(os.path.abspath(query)).relative_to(emb.collection.root).as_posix()
-        except ValueError:
-            pass
-    hits = np.flatnonzero(ids == text)
-    if not len(hits):
-        if text in emb.collection.ids:
-            raise FeatkitError(f"image {text!r} has no embedding in {emb.key} (it failed to decode, or run "
-                               "`featkit extract`)")
-        raise FeatkitError(f"{str(query)!r} is neither an image id of collection {emb.collection.name!r} nor a "
-                           "path to one of its images")
-    return int(hits[0])
-
-
-def embed_files(config: Config, paths: list[Path], *, key: str) -> tuple[np.ndarray, dict[int, str]]:
-    """Embeddings of image files made like the store group ``key``'s rows: ``(X, errors by position)``.
-
-    This is ``featkit predict``'s embedding step, fed the store's feature space (backbone,
-    weights sha256, preprocessing fingerprint, dimension) instead of a model's, so a
-    backbone that differs from the one the store was made with is refused.
-    """
-    from featkit.modelio import LoadedModel, feature_space
-    from featkit.predict import PredictSettings, _embed
-
-    store = store_of(config)
-    space = feature_space(store.meta(key))
-    probe = LoadedModel(folder=store.path, pipeline=None, meta={"feature_space": space})
-    feats, errors = _embed(probe, [Path(p) for p in paths], config, PredictSettings(workers=0))
-    X = np.zeros((len(paths), space["dim"]), np.float32)
-    for i, row in feats.items():
-        X[i] = row
-    return X, errors
-
-
-def search_images(config: Config, query: str, *, key: str | None = None, k: int = 12, task: str | None = None,
-                  label: str | None = None) -> pd.DataFrame:
-    """``featkit similar``: the images most similar to a collection image (by id or path; never itself) or to
-    any other image file (embedded like the store's rows)."""
-    emb = load_embeddings(config, key=key or resolve_key(config))
-    if task is not None:
-        emb.collection.task_labels(task)  # an unknown task: the message lists the valid ones
-    try:
-        row = _query_row(emb, query)
-    except FeatkitError:
-        if not Path(query).is_file():
-            raise
-        row = None
-    if row is not None:
-        return similar(emb, query, k=k, task=task, label=label)
-    X, errors = embed_files(config, [Path(query)], key=emb.key)
-    if errors:
-        raise FeatkitError(f"cannot embed {query}: {errors[0]}")
-    return similar(emb, X[0], k=k, task=task, label=label, exclude_self=False)
 
 
 def _login() -> str:

@@ -7,7 +7,7 @@ JPEGs to ``torchvision.io.decode_jpeg(device="cuda")`` (one batched nvjpeg call)
 then resizes and centre-crops each image on the GPU. Everything else — PNG, TIFF,
 CMYK or EXIF-rotated JPEGs, images over the pixel ceiling, files that do not end
 like a complete JPEG, and anything nvjpeg refuses — takes the CPU PIL path of
-:class:`featkit.extract.ImageDataset`, so failures are recorded with exactly the
+:class:`featkit.extract.decode.ImageDataset`, so failures are recorded with exactly the
 same reasons as on the CPU path. Pixels decoded on the CPU travel in pinned memory
 with non-blocking copies.
 
@@ -33,8 +33,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from featkit.backbones.preprocess import Preprocess
-from featkit.data.images import DEFAULT_MAX_PIXELS
-from featkit.extract import ImageDataset
+from featkit.data.images import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, check_size, open_image_file
+from featkit.extract.decode import ImageDataset
 
 _EXIF_ORIENTATION = 0x0112
 _NVJPEG_MODES = ("RGB", "L")  # YCbCr and greyscale JPEGs; CMYK goes through PIL
@@ -59,22 +59,24 @@ def gpu_decode_wanted(setting: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" if setting is None else bool(setting)
 
 
-def jpeg_bytes(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor | None:
+def jpeg_bytes(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_aspect: float = DEFAULT_MAX_ASPECT) -> torch.Tensor | None:
     """The file's bytes when nvjpeg can decode it exactly as PIL would; else None (use PIL).
 
-    Reads the header only (no pixel decoding): baseline/progressive YCbCr or greyscale
-    JPEG, no EXIF rotation, within the pixel ceiling, ending with the EOI marker.
+    Reads the header only (no pixel decoding) of a regular file (never opens a FIFO or
+    device): baseline/progressive YCbCr or greyscale JPEG, no EXIF rotation, within the
+    pixel and aspect-ratio ceilings, ending with the EOI marker.
     """
     try:
-        with Image.open(path) as img:
+        with open_image_file(path) as fh, Image.open(fh) as img:
             if img.format != "JPEG" or img.mode not in _NVJPEG_MODES:
                 return None
-            if img.width * img.height > max_pixels:
-                return None
+            check_size(img.width, img.height, max_pixels=max_pixels, max_aspect=max_aspect)
             if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
                 return None
-        data = Path(path).read_bytes()
-    except Exception:  # unreadable or not an image: PIL gives the reason
+            fh.seek(0)
+            data = fh.read()
+    except Exception:  # unreadable, not an image or over a ceiling: PIL gives the reason
         return None
     if not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):  # truncated: let PIL say so
         return None
@@ -92,7 +94,7 @@ class EncodedDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        data = jpeg_bytes(self.paths[i], max_pixels=self.fallback.max_pixels)
+        data = jpeg_bytes(self.paths[i], max_pixels=self.fallback.max_pixels, max_aspect=self.fallback.max_aspect)
         if data is not None:
             return i, data, None, ""
         _, pixels, error = self.fallback[i]

@@ -13,19 +13,21 @@ The pooled pre-logits embeddings of the views are averaged (in float32). Average
 are not the rows of a plain extraction, so they live in their own store variant:
 ``<weights>+tta-<mode>`` (e.g. ``mobilenet_v2/imagenet1k_v1+tta-hflip``).
 
-Modes are a registry (``register_tta`` / ``list_tta`` / ``create_tta``).
+Modes are a registry (``register_tta`` / ``list_tta`` / ``create_tta``) that imports no
+torch (the CLI checks ``--tta`` while parsing); the views are made with torch when used.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-from torchvision.transforms import InterpolationMode, v2
-from torchvision.transforms.v2 import functional as F
+from typing import TYPE_CHECKING
 
 from featkit.backbones.preprocess import Preprocess
+from featkit.backbones.variants import with_tta
 from featkit.errors import FeatkitError, choices_message
+
+if TYPE_CHECKING:
+    import torch
 
 NONE = "none"
 
@@ -44,30 +46,37 @@ class TTA:
 
     def variant(self, variant: str) -> str:
         """The store variant for rows made with this mode (unchanged for ``none``)."""
-        return variant if self.name == NONE else f"{variant}+tta-{self.name}"
+        return with_tta(variant, self.name)
 
     def input_size(self, pre: Preprocess) -> int:
         """Side of the square uint8 image the decoder hands over."""
         return max(pre.resize_size, pre.crop_size) if self.crops else pre.crop_size
 
-    def image_transform(self, pre: Preprocess) -> v2.Compose:
-        """PIL image -> uint8 tensor (3, input_size, input_size)."""
+    def image_transform(self, pre: Preprocess):
+        """PIL image -> uint8 tensor (3, input_size, input_size) (a torchvision ``v2.Compose``)."""
         if not self.crops:
             return pre.image_transform()
+        from torchvision.transforms import InterpolationMode, v2
+
         return v2.Compose([
             v2.Resize(pre.resize_size, interpolation=InterpolationMode(pre.interpolation), antialias=True),
             v2.CenterCrop(self.input_size(pre)),
             v2.PILToTensor(),
         ])
 
-    def views(self, batch: torch.Tensor, crop_size: int) -> list[torch.Tensor]:
+    def views(self, batch: "torch.Tensor", crop_size: int) -> "list[torch.Tensor]":
         """(B, 3, S, S) -> the views, each (B, 3, crop_size, crop_size)."""
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
         base = list(F.five_crop(batch, [crop_size, crop_size])) if self.crops else [batch]
         return base + [torch.flip(v, dims=[-1]) for v in base] if self.flip else base
 
-    def embed(self, model: torch.nn.Module, x: torch.Tensor, crop_size: int, *,
-              channels_last: bool = False) -> torch.Tensor:
+    def embed(self, model: "torch.nn.Module", x: "torch.Tensor", crop_size: int, *,
+              channels_last: bool = False) -> "torch.Tensor":
         """The float32 mean of ``model`` over the views of normalised batch ``x``."""
+        import torch
+
         total = None
         for view in self.views(x, crop_size):
             if channels_last:
