@@ -5,7 +5,10 @@ exploration, similarity search, the fine-tune probe: the done rows of one store 
 (``key`` = ``backbone/variant``) that are still in the manifest, in store order, with
 their labels, groups and split values beside them. :meth:`Embeddings.task` gives the
 one task-data type, :class:`TaskData`: the rows labelled for a task (unknown labels
-are left out of that task only), optionally without rows a caller must not evaluate on.
+are left out of that task only). When the embedding comes from a network trained on
+this collection (a ``finetuned-<run>`` variant), the images it trained or early-stopped
+on are left out too and counted (``excluded_trunk_training``): fitting, ranking,
+separability and label issues then score only images the trunk never saw.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
+from featkit.backbones.variants import trained_ids
 from featkit.data.manifest import Manifest
 from featkit.data.splits import check_labels
 from featkit.errors import FeatkitError
@@ -111,20 +115,27 @@ class Embeddings:
         labels = check_labels(self.manifest.task_labels(task), allow_unknown=True)
         known = np.array([v is not None for v in labels], dtype=bool)
         given = labels[self.rows]
-        index = np.flatnonzero(known[self.rows])
+        labelled = np.flatnonzero(known[self.rows])
+        trained = trained_ids(self.variant, config=self.manifest.config)
+        seen = np.zeros(len(labelled), bool) if trained is None else np.isin(self.ids[labelled], trained)
+        index = labelled[~seen]
         y = given[index].astype(str).astype(object)
         classes = sorted(set(y.tolist()))
         if len(classes) < min_classes:
             only = f"only class {classes[0]!r}" if classes else "no labelled image"
-            raise FeatkitError(f"task {task!r} has {only} among the {len(index)} labelled images of {self.key}; "
-                               f"a classifier needs at least two classes — pick another task or label more images")
+            unseen = f" the trunk never trained on ({int(seen.sum())} it trained on are left out)" if seen.any() else ""
+            raise FeatkitError(f"task {task!r} has {only} among the {len(index)} labelled images{unseen} of "
+                               f"{self.key}; a classifier needs at least two classes — pick another task or label "
+                               "more images")
         groups, split = self.groups, self.split
         return TaskData(
             task=task, ids=self.ids[index], X=self.X[index], y=y,
             groups=None if groups is None else groups[index], split=None if split is None else split[index],
             index=index,
             counts={"labelled": int(known.sum()), "unknown": int((~known).sum()),
-                    "missing_features": int(known.sum()) - len(index), "used": len(index)},
+                    "missing_features": int(known.sum()) - len(labelled),
+                    **({"excluded_trunk_training": int(seen.sum())} if trained is not None else {}),
+                    "used": len(index)},
         )
 
 

@@ -185,6 +185,10 @@ def fit(emb: Embeddings, task: str, clf: str = "logreg", *, settings: FitSetting
     config = manifest.config
     n_train = [f["n_train"] for f in evaluation.folds]
     warnings_list = list(splits.warnings) + [f"class {c!r} left out: {why}" for c, why in dropped.items()]
+    if data.counts.get("excluded_trunk_training"):
+        warnings_list.append(f"{data.counts['excluded_trunk_training']} labelled images the fine-tuned trunk of "
+                             f"{emb.variant} trained or early-stopped on are left out: only images it never saw "
+                             "are evaluated")
     report = {
         "featkit_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

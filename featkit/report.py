@@ -67,8 +67,10 @@ def render_markdown(report: dict) -> str:
         f"{report['rebalance']['reason']})",
         f"- pca: {report['pca']['used'] or 'none'} ({report['pca']['reason']})",
         f"- rows: {report['rows']['used']} used, {report['rows']['unknown']} unknown label, "
-        f"{report['rows']['missing_features']} without features; train ≈ {report['n_train']} per fold, "
-        f"{report['n_test']} evaluated",
+        f"{report['rows']['missing_features']} without features"
+        + (f", {report['rows']['excluded_trunk_training']} left out (the fine-tuned trunk trained on them)"
+           if report["rows"].get("excluded_trunk_training") else "")
+        + f"; train ≈ {report['n_train']} per fold, {report['n_test']} evaluated",
         f"- fit {report['fit_seconds']:.2f} s (all folds), predict {report['predict_ms_per_image']:.3f} ms/image",
         "",
         "| metric | value |",

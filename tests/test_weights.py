@@ -120,7 +120,7 @@ def _fake_backbone(monkeypatch, url: str) -> str:
     spec = BackboneSpec(name=name, dim=4, build=build, default_weights="v1",
                         weights={"v1": WeightsSpec(tag="v1", file=WeightsFile(filename=filename, url=url),
                                                    preprocess=Preprocess())})
-    monkeypatch.setitem(registry._REGISTRY, name, spec)
+    monkeypatch.setitem(registry._REGISTRY._entries, name, spec)
     return name
 
 

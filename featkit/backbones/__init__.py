@@ -19,12 +19,13 @@ from featkit.backbones.registry import (
     register_backbone,
 )
 from featkit.backbones import builtin, efficientnet_lite  # noqa: E402,F401  (register the built-ins)
-from featkit.backbones.variants import load_backbone, register_variant_kind, split_tta, store_key  # noqa: E402
+from featkit.backbones.variants import (VariantKind, load_backbone, register_variant_kind, split_tta,  # noqa: E402
+                                       store_key, trained_ids)
 
 __all__ = [
     "RANDOM", "Backbone", "BackboneSpec", "LazyWeights", "Preprocess", "WeightsSpec", "check_backbone_name",
     "create_backbone", "describe_backbones", "get_backbone_spec", "list_backbones", "load_backbone",
-    "register_backbone", "register_variant_kind", "split_tta", "store_key",
+    "register_backbone", "register_variant_kind", "split_tta", "store_key", "trained_ids", "VariantKind",
 ]
 
 

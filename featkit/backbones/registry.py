@@ -14,7 +14,6 @@ by :func:`create_backbone`.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from featkit.backbones.preprocess import Preprocess
 from featkit.backbones.weights import WeightsFile, file_sha256, guarded_load
 from featkit.errors import FeatkitError, choices_message
+from featkit.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -85,32 +85,27 @@ class BackboneSpec:
         return self.weights[tag]
 
 
-_REGISTRY: dict[str, BackboneSpec] = {}
+_REGISTRY: Registry[BackboneSpec] = Registry("backbone")
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
     """Add ``spec``; a name registered twice is a ValueError (as torchvision's registry does)."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"backbone {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return _REGISTRY.register(spec.name, spec)
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
     """Registered names matching ``pattern`` (fnmatch, as timm's ``list_models``)."""
-    return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
+    return sorted(_REGISTRY.names(pattern))
 
 
 def check_backbone_name(name: str) -> str:
     """``name`` (``arch`` or ``arch.tag``) if its architecture is registered; else the error listing them."""
-    arch = name.split(".", 1)[0]
-    if arch not in _REGISTRY:
-        raise FeatkitError(choices_message("backbone", arch, list(_REGISTRY)))
+    _REGISTRY.get(name.split(".", 1)[0])
     return name
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:
-    return _REGISTRY[check_backbone_name(name).split(".", 1)[0]]
+    return _REGISTRY.get(name.split(".", 1)[0])
 
 
 def parse_name(name: str, weights: str | None = None) -> tuple[BackboneSpec, str]:
@@ -151,7 +146,7 @@ def describe_backbones(pattern: str = "*") -> list[dict]:
     """Rows for ``featkit backbones``: name, dim, input size, weights and availability."""
     rows = []
     for name in list_backbones(pattern):
-        spec = _REGISTRY[name]
+        spec = _REGISTRY.get(name)
         tag = spec.default_weights
         wspec = spec.weights.get(tag)
         rows.append(

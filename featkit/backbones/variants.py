@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import importlib
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
+
+import numpy as np
 
 from featkit.backbones.registry import RANDOM, parse_name
 from featkit.errors import FeatkitError
+from featkit.registry import Registry
 
 if TYPE_CHECKING:
     from featkit.backbones.model import Backbone
@@ -33,26 +37,36 @@ if TYPE_CHECKING:
 TTA_SEPARATOR = "+tta-"
 _SIZE = re.compile(r"^(?P<base>.+)-(?P<size>\d{2,4})px$")
 
-# prefix -> loader(arch, variant, *, config) -> Backbone, or "module:function" imported on first use
-_KINDS: dict[str, str | Callable] = {}
+@dataclass(frozen=True)
+class VariantKind:
+    """Variants named ``<prefix>...``: how to load their network, and which images it was trained on.
+
+    Both are callables or ``"module:function"`` strings, imported when first used:
+    ``load(arch, variant, *, config) -> Backbone`` and ``trained_on(variant, *, config) -> ids``
+    (images the network learned from: they can never be scored as held out).
+    """
+
+    prefix: str
+    load: str | Callable
+    trained_on: str | Callable | None = None
 
 
-def register_variant_kind(prefix: str, loader: str | Callable) -> None:
-    """Variants starting with ``prefix`` are loaded by ``loader`` (a callable or ``"module:function"``)."""
-    if prefix in _KINDS:
-        raise ValueError(f"variant kind {prefix!r} is already registered")
-    _KINDS[prefix] = loader
+_KINDS: Registry[VariantKind] = Registry("variant kind")
 
 
-def _loader(prefix: str) -> Callable:
-    loader = _KINDS[prefix]
-    if isinstance(loader, str):
-        module, _, attr = loader.partition(":")
-        loader = _KINDS[prefix] = getattr(importlib.import_module(module), attr)
-    return loader
+def register_variant_kind(kind: VariantKind) -> VariantKind:
+    return _KINDS.register(kind.prefix, kind)
 
 
-register_variant_kind("finetuned-", "featkit.finetune.variant:load_finetuned_backbone")
+def _resolve(target: str | Callable) -> Callable:
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return target
+
+
+register_variant_kind(VariantKind("finetuned-", load="featkit.finetune.variant:load_finetuned_backbone",
+                                  trained_on="featkit.finetune.variant:trunk_training_ids"))
 
 
 def store_key(backbone: str, variant: str) -> str:
@@ -71,10 +85,20 @@ def with_tta(variant: str, tta: str) -> str:
     return variant if tta == "none" else f"{variant}{TTA_SEPARATOR}{tta}"
 
 
-def kind_of(variant: str) -> str | None:
-    """The registered prefix ``variant`` starts with (e.g. ``finetuned-``), or None."""
+def kind_of(variant: str) -> VariantKind | None:
+    """The registered kind ``variant`` belongs to (e.g. ``finetuned-``), or None."""
     base = split_tta(variant)[0]
-    return next((prefix for prefix in _KINDS if base.startswith(prefix)), None)
+    return next((_KINDS.get(prefix) for prefix in _KINDS if base.startswith(prefix)), None)
+
+
+def trained_ids(variant: str, *, config: "Config | None") -> np.ndarray | None:
+    """Ids of the images the network of ``variant`` was trained on (None: an ImageNet network, none of them)."""
+    kind = kind_of(variant)
+    if kind is None or kind.trained_on is None:
+        return None
+    if config is None:
+        raise FeatkitError(f"variant {variant!r} belongs to a collection: open the collection (featkit.open)")
+    return np.asarray(_resolve(kind.trained_on)(split_tta(variant)[0], config=config), dtype=str)
 
 
 def load_backbone(name: str, *, weights: str | None = None, variant: str | None = None,
@@ -95,12 +119,12 @@ def load_backbone(name: str, *, weights: str | None = None, variant: str | None 
         net.preprocess = net.preprocess.at_crop_size(int(sized["size"]))
         net.variant = base
         return net
-    prefix = kind_of(base)
-    if prefix is not None:
+    kind = kind_of(base)
+    if kind is not None:
         if config is None:
             raise FeatkitError(f"variant {base!r} belongs to a collection: open the collection (featkit.open) or "
                                "run the command in its folder")
-        return _loader(prefix)(name.split(".", 1)[0], base, config=config)
+        return _resolve(kind.load)(name.split(".", 1)[0], base, config=config)
     spec, _ = parse_name(name)
     if base == RANDOM or base in spec.weights:
         if weights and weights.lower() != base:

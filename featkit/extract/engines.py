@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from featkit.errors import FeatkitError, choices_message
+from featkit.errors import FeatkitError
+from featkit.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -24,24 +25,19 @@ class EngineSpec:
     requires: str | None = None  # the extra that installs it, for the error message
 
 
-_ENGINES: dict[str, EngineSpec] = {}
+_ENGINES: Registry[EngineSpec] = Registry("engine")
 
 
 def register_engine(spec: EngineSpec) -> EngineSpec:
-    if spec.name in _ENGINES:
-        raise ValueError(f"engine {spec.name!r} is already registered")
-    _ENGINES[spec.name] = spec
-    return spec
+    return _ENGINES.register(spec.name, spec)
 
 
 def list_engines() -> list[str]:
-    return list(_ENGINES)
+    return _ENGINES.names()
 
 
 def get_engine_spec(name: str) -> EngineSpec:
-    if name not in _ENGINES:
-        raise FeatkitError(choices_message("engine", name, list(_ENGINES)))
-    return _ENGINES[name]
+    return _ENGINES.get(name)
 
 
 def create_engine(name: str):

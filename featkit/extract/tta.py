@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from featkit.backbones.preprocess import Preprocess
 from featkit.backbones.variants import with_tta
-from featkit.errors import FeatkitError, choices_message
+from featkit.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -86,24 +86,19 @@ class TTA:
         return total / self.n_views
 
 
-_REGISTRY: dict[str, TTA] = {}
+_REGISTRY: Registry[TTA] = Registry("TTA mode")
 
 
 def register_tta(tta: TTA) -> TTA:
-    if tta.name in _REGISTRY:
-        raise ValueError(f"TTA mode {tta.name!r} is already registered")
-    _REGISTRY[tta.name] = tta
-    return tta
+    return _REGISTRY.register(tta.name, tta)
 
 
 def list_tta() -> list[str]:
-    return list(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def create_tta(name: str) -> TTA:
-    if name not in _REGISTRY:
-        raise FeatkitError(choices_message("TTA mode", name, list(_REGISTRY)))
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 register_tta(TTA(NONE))

@@ -39,3 +39,23 @@ def load_finetuned_backbone(arch: str, variant: str, *, config: Config) -> Backb
     net.weights_sha256 = file_sha256(paths.trunk)
     net.preprocess = Preprocess.from_dict(state["preprocess"])
     return net.eval()
+
+
+def trunk_training_ids(variant: str, *, config: Config) -> list[str]:
+    """Images run ``variant[len("finetuned-"):]`` trained or early-stopped on (its split's train and val rows).
+
+    Its test rows, and images outside its split file (added to the collection later), were never seen
+    by the trunk: only those can be scored as held out with its features.
+    """
+    import json
+
+    run = variant[len(VARIANT_PREFIX):]
+    path = run_paths(config, run).split if run and slug(run, fallback="") == run else None
+    if path is None or not path.is_file():
+        raise FeatkitError(f"no split file for fine-tuning run {run!r} ({path}); without it featkit cannot tell "
+                           "which images the trunk trained on, so it will not evaluate on its features")
+    try:
+        split = json.loads(path.read_text())
+        return [*split["train"], *split["val"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise FeatkitError(f"cannot read the split of fine-tuning run {run!r} ({path}): {err}") from None

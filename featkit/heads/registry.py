@@ -17,12 +17,12 @@ CLI checks ``--clf`` and ``--rebalance`` while parsing), and pipelines are built
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from featkit.errors import FeatkitError, choices_message
+from featkit.registry import Registry
 
 if TYPE_CHECKING:
     from imblearn.pipeline import Pipeline
@@ -53,33 +53,30 @@ class HeadSpec:
         return set(self.defaults) | set(self.grid)
 
 
-_HEADS: dict[str, HeadSpec] = {}
-_SAMPLERS: dict[str, Callable[..., "BaseEstimator"]] = {}
+_HEADS: Registry[HeadSpec] = Registry("head")
+_SAMPLERS: Registry[Callable[..., "BaseEstimator"]] = Registry("sampler")
 
 
 def register_head(spec: HeadSpec) -> HeadSpec:
-    if spec.name in _HEADS:
-        raise ValueError(f"head {spec.name!r} is already registered")
     if spec.tuning not in TUNINGS:
         raise ValueError(choices_message("tuning", spec.tuning, TUNINGS))
-    _HEADS[spec.name] = spec
-    return spec
+    return _HEADS.register(spec.name, spec)
 
 
 def register_sampler(name: str, factory: Callable[..., "BaseEstimator"]) -> None:
     """``factory(*, seed, smallest_class) -> imblearn sampler``."""
-    if name in _SAMPLERS or name in (NONE, AUTO, CLASS_WEIGHT):
+    if name in (NONE, AUTO, CLASS_WEIGHT):
         raise ValueError(f"sampler {name!r} is already registered")
-    _SAMPLERS[name] = factory
+    _SAMPLERS.register(name, factory)
 
 
 def list_heads(pattern: str = "*") -> list[str]:
     """Registered head names matching ``pattern`` (fnmatch)."""
-    return sorted(name for name in _HEADS if fnmatch.fnmatch(name, pattern))
+    return sorted(_HEADS.names(pattern))
 
 
 def list_samplers() -> list[str]:
-    return sorted(_SAMPLERS)
+    return sorted(_SAMPLERS.names())
 
 
 def rebalance_choices() -> list[str]:
@@ -88,15 +85,11 @@ def rebalance_choices() -> list[str]:
 
 
 def get_head_spec(name: str) -> HeadSpec:
-    if name not in _HEADS:
-        raise FeatkitError(choices_message("head", name, list(_HEADS)))
-    return _HEADS[name]
+    return _HEADS.get(name)
 
 
 def create_sampler(name: str, *, seed: int = 0, smallest_class: int | None = None) -> "BaseEstimator":
-    if name not in _SAMPLERS:
-        raise FeatkitError(choices_message("sampler", name, list(_SAMPLERS)))
-    return _SAMPLERS[name](seed=seed, smallest_class=smallest_class)
+    return _SAMPLERS.get(name)(seed=seed, smallest_class=smallest_class)
 
 
 def resolve_rebalance(name: str, rebalance: str, class_counts: dict[str, int] | None = None) -> tuple[str, str]:
