@@ -50,11 +50,15 @@ def friendly(func: Callable) -> Callable:
     return wrapper
 
 
-def open_collection(config_dir: Path | None, **overrides: Any):
+NoCorrectionsOpt = typer.Option(False, "--no-corrections",
+                                help="Use the labels as labels.csv gives them, ignoring corrections.csv beside it.")
+
+
+def open_collection(config_dir: Path | None, *, corrections: bool = True, **overrides: Any):
     """The collection (:class:`featkit.api.Collection`) of featkit.toml in ``config_dir`` (default cwd)."""
     from featkit.api import Collection
 
-    return Collection(load_config(config_dir, **overrides))
+    return Collection(load_config(config_dir, **overrides), corrections=corrections)
 
 
 def load_config(config_dir: Path | None, **overrides: Any) -> Config:

@@ -24,13 +24,14 @@ def list_corrections(
 ) -> None:
     """The decisions in force (the latest per image and task), or the whole history."""
     from featkit.data.corrections import corrections_path, corrections_summary, read_corrections
+    from featkit.data.manifest import load_manifest
 
     config = load_config(config_dir)
     path = corrections_path(config)
     frame = read_corrections(path, latest=not history)
     if task is not None:
         frame = frame[frame["task"] == task]
-    summary = corrections_summary(config)
+    summary = corrections_summary(load_manifest(config, corrections=False))
     if json_out:
         print_json({"file": str(path), "summary": summary, "corrections": frame.to_dict(orient="records")})
         return
@@ -54,10 +55,11 @@ def export(
 ) -> None:
     """Write the manifest with every correction applied (image paths relative to the new file)."""
     from featkit.data.corrections import corrections_summary, export_corrected_manifest
+    from featkit.data.manifest import load_manifest
 
-    config = load_config(config_dir)
-    path = export_corrected_manifest(config, out.absolute() if out else None)
-    summary = corrections_summary(config)
+    given = load_manifest(load_config(config_dir), corrections=False)
+    path = export_corrected_manifest(given, out.absolute() if out else None)
+    summary = corrections_summary(given)
     if json_out:
         print_json({"manifest": str(path), **summary})
         return

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ._common import ConfigOpt, JsonOpt, choice, console, friendly, print_json
-from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt, open_embeddings, text
+from ._common import ConfigOpt, JsonOpt, NoCorrectionsOpt, choice, console, friendly, open_collection, print_json
+from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt, text
 from featkit.explore.label_issues import RANK_BY
 from featkit.heads import list_heads
 
@@ -26,6 +26,7 @@ def label_issues(
     backbone: str = BackboneOpt,
     variant: str = VariantOpt,
     out: Path = OutOpt,
+    no_corrections: bool = NoCorrectionsOpt,
     config_dir: Path = ConfigOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -33,7 +34,8 @@ def label_issues(
     from featkit.embeddings import resolve_task
     from featkit.explore.label_issues import LabelIssueSettings, find_label_issues
 
-    col, (emb,) = open_embeddings(config_dir, backbone=backbone, variant=variant)
+    col = open_collection(config_dir, corrections=not no_corrections)
+    emb = col.embeddings(backbone, variant)
     key = emb.key
     task = resolve_task(col.manifest, task)
     report = find_label_issues(emb, task, settings=LabelIssueSettings(clf=clf, cv=cv, C=c, rank_by=rank_by), out=out)

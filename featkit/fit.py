@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from featkit._version import __version__
+from featkit.data.corrections import corrections_report
 from featkit.data.splits import class_counts, evaluation_splits, rare_classes, resolve_split_mode
 from featkit.embeddings import Embeddings, TaskData, resolve_tasks
 from featkit.errors import FeatkitError
@@ -213,6 +214,7 @@ def fit(emb: Embeddings, task: str, clf: str = "logreg", *, settings: FitSetting
         "dropped_classes": dropped,
         "warnings": warnings_list,
         "rows": data.counts,
+        "corrections": corrections_report(manifest.corrections, [task]),
         "n_train": int(round(float(np.mean(n_train)))),
         "n_test": int(tested.sum()),
         **scores,

@@ -55,6 +55,14 @@ def plot_confusion(report: dict, path: Path) -> Path:
     return path
 
 
+def _corrections_line(corrections: dict) -> str:
+    if corrections.get("ignored"):
+        return "as labels.csv gives them (corrections.csv ignored)"
+    if not corrections.get("applied"):
+        return "as labels.csv gives them (no correction for this task)"
+    return f"{corrections['applied']} of this task corrected by {corrections['file']}"
+
+
 def render_markdown(report: dict) -> str:
     """``report.md``: a run for people."""
     m = report["metrics"]
@@ -72,6 +80,7 @@ def render_markdown(report: dict) -> str:
            if report["rows"].get("excluded_trunk_training") else "")
         + f"; train ≈ {report['n_train']} per fold, {report['n_test']} evaluated",
         f"- fit {report['fit_seconds']:.2f} s (all folds), predict {report['predict_ms_per_image']:.3f} ms/image",
+        f"- labels: {_corrections_line(report.get('corrections') or {})}",
         "",
         "| metric | value |",
         "| --- | --- |",

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from featkit.config import Config
 from featkit.data.corrections import (COLUMNS, append_corrections, apply_corrections, corrections_path,
                                       export_corrected_manifest, make_correction, read_corrections)
+from featkit.data.manifest import load_manifest
 from featkit.demo import make_demo_collection
 from featkit.errors import FeatkitError
 from featkit_cli.main import app
@@ -116,19 +117,20 @@ def test_export_applies_corrections_and_never_edits_labels_csv(manifest_config, 
     append_corrections(corrections_path(manifest_config), [
         _decide(manifest_config, first, "glaze", rows["glaze"][0], "sancai"),
         _decide(manifest_config, second, "period", rows["period"][1], None)])
-    out = export_corrected_manifest(manifest_config, tmp_path / "exports" / "fixed.csv")
+    given = load_manifest(manifest_config, corrections=False)
+    out = export_corrected_manifest(given, tmp_path / "exports" / "fixed.csv")
     assert manifest.read_bytes() == before
     fixed = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert fixed.columns.tolist() == rows.columns.tolist() and len(fixed) == len(rows)
     assert fixed["glaze"][0] == "sancai" and fixed["period"][1] == "" and fixed["form"].tolist() == rows["form"].tolist()
     assert all((out.parent / p).is_file() for p in fixed["image"])  # paths rebased onto the new file's folder
-    default = export_corrected_manifest(manifest_config)
+    default = export_corrected_manifest(given)
     assert default == manifest.with_name("labels.corrected.csv")
     assert pd.read_csv(default, dtype=str)["image"].tolist() == rows["image"].tolist()  # same folder: same paths
-    subset = export_corrected_manifest(manifest_config, tmp_path / "data" / "subset.csv", ids=[second])
+    subset = export_corrected_manifest(given, tmp_path / "data" / "subset.csv", ids=[second])
     assert pd.read_csv(subset, dtype=str, keep_default_na=False)[["image", "period"]].values.tolist() == [[second, ""]]
     with pytest.raises(FeatkitError, match="not in collection"):
-        export_corrected_manifest(manifest_config, tmp_path / "x.csv", ids=["images/nope.jpg"])
+        export_corrected_manifest(given, tmp_path / "x.csv", ids=["images/nope.jpg"])
 
 
 def test_export_of_an_image_folder_collection_writes_a_manifest(tmp_path):
@@ -138,7 +140,7 @@ def test_export_of_an_image_folder_collection_writes_a_manifest(tmp_path):
             Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(tmp_path / "tree" / cls / f"{i}.png")
     config = Config(root=tmp_path, name="pets", image_folder=Path("tree"), tasks=("animal",))
     append_corrections(corrections_path(config), [make_correction(id="cat/1.png", task="animal", old="cat", new="dog")])
-    out = export_corrected_manifest(config, tmp_path / "pets.csv")
+    out = export_corrected_manifest(load_manifest(config, corrections=False), tmp_path / "pets.csv")
     frame = pd.read_csv(out, dtype=str)
     assert frame.values.tolist() == [["tree/cat/0.png", "cat"], ["tree/cat/1.png", "dog"], ["tree/dog/0.png", "dog"],
                                      ["tree/dog/1.png", "dog"]]
@@ -165,3 +167,40 @@ def test_cli_lists_and_exports(manifest_config, tmp_path, monkeypatch):
     path.write_text("garbage\n")
     broken = runner.invoke(app, ["corrections", "list"])
     assert broken.exit_code == 2 and "lacks column" in " ".join(broken.output.split())
+
+
+def test_fit_applies_corrections_and_says_how_many(tmp_path):
+    """A curator's decision reaches every reader of the labels; --no-corrections reads labels.csv as given."""
+    import featkit as fk
+    from featkit_cli.main import app as cli
+
+    make_demo_collection(tmp_path / "data", n_objects=16, size=64)
+    manifest_config = Config(root=tmp_path, name="pots", manifest=Path("data/labels.csv"), image_column="image",
+                             tasks=("form", "glaze", "decoration", "period"), group="object_id")
+    manifest_config.write()
+    col = fk.open(manifest_config.root)
+    emb = col.extract("mobilenet_v2", progress=False, workers=0)
+    rows = pd.read_csv(manifest_config.manifest_path, dtype=str)
+    first = rows["image"][0]
+    other = next(g for g in sorted(set(rows["glaze"])) if g != rows["glaze"][0])
+    append_corrections(corrections_path(manifest_config), [
+        _decide(manifest_config, first, "glaze", rows["glaze"][0], other),
+        _decide(manifest_config, rows["image"][1], "period", rows["period"][1], None)])
+    corrected = fk.open(manifest_config.root)
+    assert corrected.labels("glaze")[0] == other and corrected.labels("period")[1] is None
+    assert corrected.manifest.corrections["applied"] == 2
+    assert fk.open(manifest_config.root, corrections=False).labels("glaze")[0] == rows["glaze"][0]
+    res = corrected.embeddings(key=emb.key).fit("glaze", "logreg", cv=2, split="stratified", params={"C": (0.1,)},
+                                                plot=False)
+    assert res.report["corrections"] == {"ignored": False, "file": str(corrections_path(manifest_config)),
+                                         "applied": 1, "marked_unknown_all_tasks": 1, "applied_all_tasks": 2}
+    runner = CliRunner()
+    base = ["--config", str(manifest_config.root), "--json"]
+    fitted = json.loads(runner.invoke(cli, ["fit", "-t", "period", "-p", "C=0.1", "--cv", "2", "--no-model",
+                                            "--split", "stratified", "--out", str(tmp_path / "p"), *base]).stdout)
+    assert fitted["corrections"]["applied"] == 1 and fitted["rows"]["unknown"] == 1
+    ignored = json.loads(runner.invoke(cli, ["fit", "-t", "period", "-p", "C=0.1", "--cv", "2", "--no-model",
+                                             "--split", "stratified", "--no-corrections", "--out", str(tmp_path / "q"),
+                                             *base]).stdout)
+    assert ignored["corrections"] == {"ignored": True, "applied": 0} and ignored["rows"]["unknown"] == 0
+    assert "period corrected by" not in (tmp_path / "q" / "report.md").read_text()

@@ -15,7 +15,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,9 @@ from filelock import FileLock
 
 from featkit.config import Config
 from featkit.errors import FeatkitError
+
+if TYPE_CHECKING:
+    from featkit.data.manifest import Manifest
 
 CORRECTIONS_NAME = "corrections.csv"
 COLUMNS = ("id", "task", "old", "new", "time", "user", "queue")
@@ -129,18 +132,24 @@ def apply_corrections(ids, labels: dict[str, np.ndarray],
       ``unknown_tasks`` likewise for tasks.
     """
     latest = corrections.drop_duplicates(subset=["id", "task"], keep="last")
-    index = {image_id: i for i, image_id in enumerate(ids)}
-    out = {task: np.array(values, dtype=object, copy=True) for task, values in labels.items()}
     by_task = {task: 0 for task in labels}
+    if latest.empty:  # nothing to apply: no copy, no lookup table
+        return dict(labels), {"applied": 0, "by_task": by_task, "marked_unknown": 0, "confirmed": 0,
+                              "unknown_ids": [], "unknown_tasks": []}
+    ids = np.asarray(ids, dtype=str)
+    order = np.argsort(ids, kind="stable")  # rows found by binary search: no dict of every id
+    wanted = latest["id"].to_numpy(dtype=str)
+    at = np.minimum(np.searchsorted(ids, wanted, sorter=order), max(len(ids) - 1, 0))
+    rows = np.where(len(ids) and ids[order[at]] == wanted, order[at], -1) if len(ids) else np.full(len(wanted), -1)
+    out = {task: np.array(values, dtype=object, copy=True) for task, values in labels.items()}
     confirmed = marked_unknown = 0
     unknown_ids: list[str] = []
     unknown_tasks: set[str] = set()
-    for image_id, task, new in zip(latest["id"], latest["task"], latest["new"]):
+    for image_id, task, new, row in zip(latest["id"], latest["task"], latest["new"], rows):
         if task not in out:
             unknown_tasks.add(task)
             continue
-        row = index.get(image_id)
-        if row is None:
+        if row < 0:
             unknown_ids.append(image_id)
             continue
         value = new if new else None
@@ -155,15 +164,23 @@ def apply_corrections(ids, labels: dict[str, np.ndarray],
     return out, summary
 
 
-def corrected_manifest(config: Config, *, ids=None, corrections: bool = True) -> tuple[pd.DataFrame, dict]:
+def corrections_report(summary: dict | None, tasks) -> dict:
+    """What a run's report says of corrections.csv: how many of ``tasks``' labels it changed, or that it was
+    ignored (``summary`` is ``Manifest.corrections``: None when the labels were read as given)."""
+    if summary is None:
+        return {"ignored": True, "applied": 0}
+    return {"ignored": False, "file": summary["file"], "applied": sum(summary["by_task"].get(t, 0) for t in tasks),
+            "marked_unknown_all_tasks": summary["marked_unknown"], "applied_all_tasks": summary["applied"]}
+
+
+def corrected_manifest(collection: "Manifest", *, ids=None, corrections: bool = True) -> tuple[pd.DataFrame, dict]:
     """The manifest (every column, paths relative to the collection folder) with corrections applied.
 
+    ``collection`` is the manifest as its file gives it (``load_manifest(config, corrections=False)``).
     ``ids`` keeps only those rows, in manifest order; an image-folder collection
     becomes a manifest with an image column and its one task column.
     """
-    from featkit.data.manifest import load_manifest
-
-    collection = load_manifest(config)
+    config = collection.config
     if config.manifest_path is not None:
         frame = pd.read_csv(config.manifest_path, dtype=str, keep_default_na=False, skipinitialspace=True)
         frame.columns = [str(c).strip() for c in frame.columns]
@@ -196,10 +213,11 @@ def default_export_path(config: Config) -> Path:
     return manifest.with_name(f"{manifest.stem}.corrected.csv")
 
 
-def export_corrected_manifest(config: Config, out: Path | None = None, *, ids=None) -> Path:
+def export_corrected_manifest(collection: "Manifest", out: Path | None = None, *, ids=None) -> Path:
     """Write the corrected manifest (optionally only ``ids``) to ``out``, image paths relative to its folder."""
+    config = collection.config
     out = Path(out).absolute() if out is not None else default_export_path(config)
-    frame, _ = corrected_manifest(config, ids=ids)
+    frame, _ = corrected_manifest(collection, ids=ids)
     root = (config.manifest_path.parent if config.manifest_path is not None else config.image_folder_path).resolve()
     if out.parent.resolve() != root:
         frame[config.image_column] = [Path(os.path.relpath(root / i, out.parent.resolve())).as_posix()
@@ -211,10 +229,8 @@ def export_corrected_manifest(config: Config, out: Path | None = None, *, ids=No
     return out
 
 
-def corrections_summary(config: Config) -> dict:
-    """What the corrections file changes in the collection (:func:`apply_corrections`'s summary)."""
-    from featkit.data.manifest import load_manifest
-
-    collection = load_manifest(config)
-    _, summary = apply_corrections(collection.ids, collection.labels, read_corrections(corrections_path(config)))
+def corrections_summary(collection: "Manifest") -> dict:
+    """What the corrections file changes in ``collection`` as its file gives it (:func:`apply_corrections`'s summary)."""
+    _, summary = apply_corrections(collection.ids, collection.labels,
+                                   read_corrections(corrections_path(collection.config)))
     return summary

@@ -20,13 +20,14 @@ import io
 import os
 import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
 from featkit.config import CONFIG_NAME, Config
+from featkit.data.corrections import apply_corrections, corrections_path, read_corrections
 from featkit.data.images import ImageLoadError, open_image_file
 from featkit.errors import FeatkitError
 from featkit.paths import safe_name, slug
@@ -52,6 +53,7 @@ class Manifest:
     manifest_hash: str = ""
     source: str = ""
     config: Config | None = None
+    corrections: dict | None = None  # what corrections.csv changed in ``labels`` (None: not applied)
     _order: np.ndarray = field(default=None, repr=False)  # argsort of ids: lookups by binary search
 
     def __post_init__(self) -> None:
@@ -318,13 +320,26 @@ def _from_image_folder(config: Config) -> Manifest:
     )
 
 
-def load_manifest(config: Config) -> Manifest:
-    """Read the collection ``config`` describes, with clear errors for bad manifests."""
+def load_manifest(config: Config, *, corrections: bool = True) -> Manifest:
+    """Read the collection ``config`` describes, with clear errors for bad manifests.
+
+    With ``corrections`` (the default), the decisions recorded in ``corrections.csv``
+    beside the manifest (:mod:`featkit.data.corrections`) are applied on top of the labels
+    it gives, and ``Manifest.corrections`` says what they changed; ``labels.csv`` itself is
+    never edited. ``corrections=False`` reads the labels exactly as the manifest gives them.
+    """
     if config.manifest is not None:
-        return _from_manifest(config)
-    if config.image_folder is not None:
-        return _from_image_folder(config)
-    raise FeatkitError("the configuration names neither a manifest CSV nor an image folder")
+        manifest = _from_manifest(config)
+    elif config.image_folder is not None:
+        manifest = _from_image_folder(config)
+    else:
+        raise FeatkitError("the configuration names neither a manifest CSV nor an image folder")
+    if not corrections:
+        return manifest
+    path = corrections_path(config)
+    labels, summary = apply_corrections(manifest.ids, manifest.labels, read_corrections(path))
+    summary = {"file": str(path), **summary, "unknown_ids": len(summary["unknown_ids"])}
+    return replace(manifest, labels=labels, corrections=summary)
 
 
 # -- inference for `featkit init` ------------------------------------------------------

@@ -115,7 +115,7 @@ class Workbench:
         settings.validate()
         self.config = config
         self.settings = settings
-        self.col = Collection(config)
+        self.col = Collection(config, corrections=False)  # the labels as given; corrections are applied per request
         self.collection = self.col.manifest
         self.keys = resolve_keys(self.col.store)
         if settings.backbone or settings.variant:
@@ -511,7 +511,7 @@ class Workbench:
         missing = [i for i in ids if i not in self._ids]
         if missing:
             raise NotFound(f"{len(missing)} id(s) are not in collection {self.collection.name!r}, e.g. {missing[0]!r}")
-        frame, _ = corrected_manifest(self.config, ids=ids)
+        frame, _ = corrected_manifest(self.collection, ids=ids)
         return frame.to_csv(index=False)
 
     # -- files ---------------------------------------------------------------------------
