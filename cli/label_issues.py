@@ -10,7 +10,7 @@ from rich.table import Table
 from ._common import ConfigOpt, JsonOpt, choice, console, friendly, print_json
 from ._explore import BackboneOpt, OneTaskOpt, OutOpt, VariantOpt, fmt, open_embeddings, text
 from featkit.explore.label_issues import RANK_BY
-from featkit.heads import list_heads
+from featkit.heads import list_heads, rebalance_choices
 
 
 @friendly
@@ -20,6 +20,9 @@ def label_issues(
                             callback=choice("head", list_heads)),
     cv: int = typer.Option(5, "--cv", min=2, help="Folds (group-aware when the collection has groups)."),
     c: float = typer.Option(None, "--C", help="Fix the head's C (faster; default: chosen by inner CV)."),
+    rebalance: str = typer.Option("none", help=f"{', '.join(rebalance_choices())} (default none: class weights skew "
+                                               "the probabilities confident learning reads).",
+                                  callback=choice("rebalance", rebalance_choices)),
     rank_by: str = typer.Option("self_confidence", "--rank-by",
                                 help=f"{', '.join(RANK_BY)}: p(given label), or it minus the best other (lowest first).",
                                 callback=choice("ranking", RANK_BY)),
@@ -44,7 +47,8 @@ def label_issues(
     col, (emb,) = open_embeddings(config_dir, backbone=backbone, variant=variant)
     result: dict = {}
     if not (pairs and task is None and len(col.manifest.tasks) > 1):
-        settings = LabelIssueSettings(clf=clf, cv=cv, C=c, rank_by=rank_by, top=top, gallery=gallery)
+        settings = LabelIssueSettings(clf=clf, cv=cv, C=c, rebalance=rebalance, rank_by=rank_by, top=top,
+                                      gallery=gallery)
         report = find_label_issues(emb, resolve_task(col.manifest, task), settings=settings, out=out)
         result = report.to_dict()
         if not json_out:
