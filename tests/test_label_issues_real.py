@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import embeddings_of
-from featkit.explore.label_issues import LabelIssueSettings, planted_noise
+from featkit.explore.label_issues import LabelIssueSettings, label_pair_conflicts, planted_noise
 
 pytestmark = pytest.mark.slow
 
@@ -35,3 +35,12 @@ def test_clothing_kids_flips_stand_out_although_the_task_is_hard(clothing_store)
     # measured 0.52 / 0.77 / 0.63; with fit's class weights (rebalance auto) precision fell to ~0.2
     assert s["precision"] >= 0.3 and s["recall"] >= 0.6 and s["precision_at_k"] >= 0.4
     assert s["suggested_true"] == 1.0  # binary: the other class is the true one
+
+
+def test_clothing_label_pairs_find_the_adult_jumpsuit_labelled_body(clothing_store, tmp_path):
+    """68 of the 69 'Body' photos are kids' clothes; the one with kids=False is an adult jumpsuit."""
+    frame = label_pair_conflicts(embeddings_of(clothing_store), out=tmp_path).frame
+    first = frame.iloc[0]
+    assert (first["label_a"], first["label_b"], first["support"]) == ("Body", "False", 0)
+    assert first["id"] == "images/f4106e52-0286-4971-975c-8ba4c060ba71.jpg" and first["usual_b_for_a"] == "True"
+    assert len(frame) <= 10  # only pairs nothing outside their photographer shows
