@@ -174,8 +174,9 @@ class Collection:
                 if settings.tta not in ("none", tta):
                     raise FeatkitError(f"variant names TTA {tta!r} but tta={settings.tta!r} was asked; give one")
                 settings = dataclasses.replace(settings, tta=tta)
+        manifest = self.manifest  # a manifest that cannot be read fails before a network loads
         net = load_backbone(backbone, weights=weights, variant=variant, config=self.config)
-        return extract(self.manifest, net, store=self.store, settings=settings)
+        return extract(manifest, net, store=self.store, settings=settings)
 
     def embeddings(self, backbone: str | None = None, variant: str | None = None, *,
                    key: str | None = None) -> Embeddings:

@@ -43,7 +43,7 @@ import pandas as pd
 from featkit.embeddings import Embeddings, TaskData, group_codes, resolve_tasks
 from featkit.errors import FeatkitError, choices_message
 from featkit.explore.plots import gallery_png
-from featkit.paths import slug
+from featkit.paths import EXPLORE_ELSEWHERE, new_file, slug
 
 RANK_BY = ("self_confidence", "margin")
 _CLEANLAB_SCORE = {"self_confidence": "self_confidence", "margin": "normalized_margin"}
@@ -196,10 +196,10 @@ def find_label_issues(emb: Embeddings, task: str, *, settings: LabelIssueSetting
     frame.insert(1, "id", data.ids[pos].astype(str))
     frame.insert(2, "path", [str(p) for p in emb.paths(data.index[pos])])
     out = Path(out) if out else emb.explore_dir
-    out.mkdir(parents=True, exist_ok=True)
     report = LabelIssueReport(key=emb.key, task=task, result=result, frame=frame, left_out=left_out,
                               rows=dict(data.counts), csv=out / f"label_issues_{slug(task)}.csv")
-    frame.to_csv(report.csv, index=False)
+    with new_file(report.csv, fix=EXPLORE_ELSEWHERE) as tmp:
+        frame.to_csv(tmp, index=False)
     if settings.gallery and len(frame):
         top = frame.head(settings.top)
         captions = [f"#{r.rank} {Path(r.id).name[:20]}\ngiven {r.given[:16]} {_p(r.self_confidence)}\n"
@@ -347,7 +347,7 @@ def label_pair_conflicts(emb: Embeddings, tasks=None, *, settings: PairSettings 
     frame = pd.concat(parts, ignore_index=True).sort_values(["support", "expected"], ascending=[True, False],
                                                             kind="stable").reset_index(drop=True)
     out = Path(out) if out else emb.explore_dir
-    out.mkdir(parents=True, exist_ok=True)
     report = LabelPairReport(key=emb.key, tasks=tuple(tasks), frame=frame, csv=out / "label_pairs.csv")
-    frame.to_csv(report.csv, index=False)
+    with new_file(report.csv, fix=EXPLORE_ELSEWHERE) as tmp:
+        frame.to_csv(tmp, index=False)
     return report
