@@ -204,3 +204,18 @@ def test_fit_applies_corrections_and_says_how_many(tmp_path):
                                              *base]).stdout)
     assert ignored["corrections"] == {"ignored": True, "applied": 0} and ignored["rows"]["unknown"] == 0
     assert "period corrected by" not in (tmp_path / "q" / "report.md").read_text()
+
+
+def test_label_issues_report_how_many_corrections_they_read(tmp_path):
+    import featkit as fk
+
+    make_demo_collection(tmp_path / "data", n_objects=16, size=64)
+    config = Config(root=tmp_path, name="pots", manifest=Path("data/labels.csv"), image_column="image",
+                    tasks=("form", "glaze"), group="object_id")
+    config.write()
+    rows = pd.read_csv(config.manifest_path, dtype=str)
+    other = next(g for g in sorted(set(rows["glaze"])) if g != rows["glaze"][0])
+    append_corrections(corrections_path(config), [_decide(config, rows["image"][0], "glaze", rows["glaze"][0], other)])
+    emb = fk.open(tmp_path).extract("mobilenet_v2", progress=False, workers=0)
+    report = emb.label_issues("glaze", C=0.1, cv=3, gallery=False).to_dict()
+    assert report["corrections"]["applied"] == 1 and report["corrections"]["file"].endswith("corrections.csv")

@@ -429,7 +429,7 @@ class Workbench:
     def _label_issues(self, task: str, view: _View, run: _Run | None, **_) -> dict:
         """Confident learning on the fit run's out-of-fold probabilities (no model is fitted again); without a
         run, :func:`find_label_issues` computes its own (minutes on large collections)."""
-        from featkit.explore.label_issues import confident_learning, find_label_issues
+        from featkit.explore.label_issues import LabelIssueSettings, confident_learning, find_label_issues
 
         if run is not None:
             preds = run.predictions
@@ -439,7 +439,7 @@ class Workbench:
             frame = result.issues.assign(id=preds.index[result.issues["position"]])
             source = f"out-of-fold probabilities of fit run {run.folder.name} ({len(preds)} held-out images)"
         else:
-            report = find_label_issues(view.emb, task)
+            report = find_label_issues(view.emb, task, settings=LabelIssueSettings(gallery=False))
             frame, source = report.frame, report.result.proba_source
         items = [{"id": r["id"], "given": r["given"], "suggested": r["suggested"], "score": _plain(r["self_confidence"]),
                   "score_name": "self-confidence",
