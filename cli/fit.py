@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import ConfigOpt, JsonOpt, choice, console, friendly, open_collection, print_json
+from ._common import ConfigOpt, JsonOpt, NoCorrectionsOpt, choice, console, friendly, open_collection, print_json
 from featkit.backbones import check_backbone_name
 from featkit.data.splits import SPLIT_MODES
 from featkit.heads import list_heads, rebalance_choices
@@ -36,6 +36,7 @@ def fit(
     jobs: int = typer.Option(None, "--jobs", "-j", min=1, help="Threads (default: lgbm 1, linear heads BLAS's)."),
     no_model: bool = typer.Option(False, "--no-model", help="Evaluate only; skip the final refit and saved model."),
     out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<task>-<clf>-<backbone>-<variant>-<time>)."),
+    no_corrections: bool = NoCorrectionsOpt,
     config_dir: Path = ConfigOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -46,7 +47,7 @@ def fit(
 
     settings = FitSettings(cv=cv, inner_cv=inner_cv, split=split, rebalance=rebalance, pca=pca, seed=seed,
                            n_jobs=jobs, params=parse_params(param or [], clf), refit=not no_model)
-    col = open_collection(config_dir)
+    col = open_collection(config_dir, corrections=not no_corrections)
     emb = col.embeddings(backbone, variant)
     with console.status(f"fitting {clf}") if not json_out else contextlib.nullcontext() as status:
         def progress(name: str, done: int, total: int) -> None:
@@ -66,6 +67,9 @@ def fit(
                       f"macro-F1 {m['macro_f1']:.3f}, acc {m['accuracy']:.3f}")
         console.print(f"  {rep['split']['description']}; rebalance {rep['rebalance']['used']} "
                       f"({rep['rebalance']['reason']}); fit {rep['fit_seconds']:.1f} s", highlight=False)
+        if rep["corrections"]["applied"]:
+            console.print(f"  labels: {rep['corrections']['applied']} changed by {rep['corrections']['file']}",
+                          highlight=False)
         for warning in rep["warnings"]:
             console.print(f"  [yellow]warning[/] {warning}", highlight=False)
         console.print(f"  → {r.run_dir}")

@@ -256,10 +256,18 @@ def test_cli_commands_print_json(env):
     assert out.exit_code == 0, out.output
     assert len(json.loads(out.stdout)["outliers"]) == 5
 
-    out = cli(env, "label-issues", "--variant", "imagenet1k_v1", "--task", "form", "--C", "0.1", "--json")
+    out = cli(env, "label-issues", "--variant", "imagenet1k_v1", "--task", "form", "--C", "0.1", "--top", "4", "--json")
     assert out.exit_code == 0, out.output
-    issues = json.loads(out.stdout)["label_issues"]
-    assert {"given", "suggested", "self_confidence", "id", "path"} <= set(issues[0])
+    data = json.loads(out.stdout)
+    assert {"given", "self_confidence", "suggested", "suggested_confidence", "id", "path"} <= set(data["label_issues"][0])
+    assert data["left_out_classes"] == {} and Path(data["gallery"]).is_file() and "pairs" not in data
+    out = cli(env, "label-issues", "--variant", "imagenet1k_v1", "--task", "form", "--C", "0.1", "--no-gallery")
+    assert out.exit_code == 0, out.output
+    assert "p(suggested)" in out.stdout and "likely label issues" in out.stdout and "gallery:" not in out.stdout
+    out = cli(env, "label-issues", "--variant", "imagenet1k_v1", "--pairs", "--json")  # no task: only the pairs
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert list(data) == ["pairs"] and data["pairs"]["tasks"] == ["form", "glaze", "decoration", "period", "museum"]
 
     out = cli(env, "rank", "--task", "form", "--json")
     assert out.exit_code == 0, out.output
