@@ -146,3 +146,27 @@ def test_no_store_yet_says_to_extract(demo_config, tmp_path):
     shutil.copy(demo_config.root / "labels.csv", tmp_path / "labels.csv")
     out = runner.invoke(app, ["fit", "--task", "glaze", "--config", str(tmp_path)])
     assert out.exit_code == 2 and "run `featkit extract` first" in out.output
+
+
+@pytest.mark.parametrize("clf, split", [("logreg", "stratified"), ("linsvc", "group"), ("lgbm", "stratified")])
+def test_twelve_images_in_three_classes_fit_with_two_folds(demo_store, tmp_path, clf, split):
+    """Two images per class in a training fold: the inner search shrinks its folds (or is skipped, saying why)."""
+    config, _ = demo_store
+
+    def edit(frame):  # 6 objects x 2 views labelled a, b, c; every other image unknown for the task
+        frame["glaze"] = ""
+        for k, obj in enumerate(frame["object_id"].unique()[:6]):
+            frame.loc[frame["object_id"] == obj, "glaze"] = "abc"[k % 3]
+    copy = _copy_collection(config, tmp_path, edit)
+    out = runner.invoke(app, ["fit", "--task", "glaze", "--clf", clf, "--cv", "2", "--split", split, "--out",
+                              str(tmp_path / "run"), "--config", str(copy.root), "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["n_test"] == 12 and report["rows"]["used"] == 12 and not report["dropped_classes"]
+    tuning = " ".join(f["tuning"]["method"] + f["tuning"].get("note", "") for f in report["folds"])
+    if clf == "logreg":  # stratified: 2 rows per class in each training fold -> 2 inner folds
+        assert "inner folds shrunk from 3 to 2: class" in tuning and "inner 2-fold CV" in tuning
+    if clf == "linsvc":  # grouped: one object per class in training, so no inner fold keeps every class
+        assert "no 2 inner folds keep every class in training" in tuning and "the middle of the grid" in tuning
+        assert any("the middle of the grid" in w for w in report["warnings"])
+    assert (tmp_path / "run" / "model.skops").is_file() and report["review"]["n"] == 12
