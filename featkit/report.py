@@ -1,8 +1,10 @@
-"""Run reports: the readable report and confusion-matrix PNG of one run, and the runs table.
+"""Run reports: the readable report, confusion-matrix and reliability PNGs of one run, and the runs table.
 
-``collect_runs`` reads every ``runs/*/report.json`` into rows (task × head × backbone ×
-rebalance) and marks the best run per task by balanced accuracy; ``write_runs_csv``
-saves them. Plotting uses matplotlib's Agg canvas directly (no pyplot, no display).
+``collect_runs`` reads every fit run's ``report.json`` under the runs folder and every
+fine-tuning run's (``runs/finetune/<run>/report.json``, one row per task) into rows
+(task × head × backbone/variant × rebalance) and marks the best run per task by
+balanced accuracy; ``write_runs_csv`` saves them. Plotting uses matplotlib's Agg canvas
+directly (no pyplot, no display).
 """
 
 from __future__ import annotations
@@ -198,10 +200,10 @@ def write_run(run_dir: Path, report: dict, predictions: pd.DataFrame, *, plot: b
     tmp.replace(run_dir / "report.json")
 
 
-def _row(report: dict, run_dir: Path) -> dict:
+def _row(report: dict, run: str) -> dict:
     m = report.get("metrics") or {}
     return {
-        "run": run_dir.name,
+        "run": run,
         "task": report.get("task"),
         "clf": report.get("clf"),
         "backbone": report.get("backbone"),
@@ -213,13 +215,27 @@ def _row(report: dict, run_dir: Path) -> dict:
         "accuracy": m.get("accuracy"),
         "balanced_accuracy": m.get("balanced_accuracy"),
         "macro_f1": m.get("macro_f1"),
+        "ece": m.get("ece"),
+        "review_threshold": (report.get("review") or {}).get("threshold"),
         "fit_seconds": report.get("fit_seconds"),
         "best": False,
     }
 
 
+def _rows_of(report: dict, path: Path, runs_dir: Path) -> list[dict]:
+    """A fit run's row, or one row per task of a fine-tuning run (its report holds a ``tasks`` list)."""
+    name = path.parent.relative_to(runs_dir).as_posix()
+    if isinstance(report.get("tasks"), list):  # runs/finetune/<run>/report.json
+        common = {"clf": "finetune", "backbone": report.get("backbone"), "variant": report.get("variant"),
+                  "split": {"mode": "held-out test set"}, "fit_seconds": report.get("seconds_this_session")}
+        return [_row({**task, **common}, name) for task in report["tasks"] if isinstance(task, dict) and "task" in task]
+    if "task" in report and "metrics" in report:
+        return [_row(report, name)]
+    return []
+
+
 def collect_runs(runs_dir: Path, *, task: str | None = None) -> list[dict]:
-    """One row per run folder under ``runs_dir``; the best balanced accuracy per task marked."""
+    """One row per fit run (and per task of each fine-tuning run) under ``runs_dir``; the best per task marked."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FeatkitError(f"no runs folder at {runs_dir}; run `featkit fit` first (or pass --runs)")
@@ -229,19 +245,17 @@ def collect_runs(runs_dir: Path, *, task: str | None = None) -> list[dict]:
             report = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue  # a run being written, or not featkit's
-        if not isinstance(report, dict) or "task" not in report or "metrics" not in report:
-            continue
-        if task is None or report["task"] == task:
-            rows.append(_row(report, path.parent))
+        if isinstance(report, dict):
+            rows += [r for r in _rows_of(report, path, runs_dir) if task is None or r["task"] == task]
     if not rows:
         raise FeatkitError(f"no runs{f' for task {task!r}' if task else ''} under {runs_dir}; run `featkit fit` first")
     best: dict[str, dict] = {}
     for row in rows:
         score = row["balanced_accuracy"] if row["balanced_accuracy"] is not None else -1
-        if row["task"] not in best or score > best[row["task"]]["balanced_accuracy"]:
+        if row["task"] not in best or score > (best[row["task"]]["balanced_accuracy"] or -1):
             best[row["task"]] = row
     for row in best.values():
-        row["best"] = True
+        row["best"] = row["balanced_accuracy"] is not None
     return sorted(rows, key=lambda r: (r["task"], -(r["balanced_accuracy"] or 0), r["run"]))
 
 

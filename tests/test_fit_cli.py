@@ -75,8 +75,33 @@ def test_report_marks_the_best_run_per_task_and_writes_csv(demo_store, tmp_path)
     best = [r for r in rows if r["best"]]
     assert len(best) == 1 and best[0]["balanced_accuracy"] == max(r["balanced_accuracy"] for r in rows)
     table = pd.read_csv(runs / "runs.csv")
-    assert len(table) == 2 and set(table.columns) >= {"task", "clf", "backbone", "rebalance", "balanced_accuracy"}
+    assert len(table) == 2 and set(table.columns) >= {"task", "clf", "backbone", "rebalance", "balanced_accuracy",
+                                                      "ece", "review_threshold"}
     assert "★" in invoke("report", "--runs", str(runs)).output
+
+
+def test_report_includes_fine_tune_runs_and_never_cuts_a_run_name(demo_store, tmp_path):
+    config, key = demo_store
+    runs = tmp_path / "runs"
+    long_name = "form-logreg-mobilenet_v2-imagenet1k_v1-20250101-120000-with-a-name-longer-than-a-terminal"
+    assert invoke("fit", "--task", "form", "--cv", "3", "-p", "C=0.01", "--no-model", "--out",
+                  str(runs / long_name), "--config", str(config.root)).exit_code == 0
+    variant = "finetuned-shapes-and-glazes"
+    task_reports = [{"task": t, "clf": "finetune", "backbone": "mobilenet_v2", "variant": variant, "n_test": 16,
+                     "metrics": {"accuracy": a, "balanced_accuracy": a, "macro_f1": a}}
+                    for t, a in (("form", 0.99), ("glaze", 0.75))]  # the shape finetune's report.json has
+    (runs / "finetune" / "shapes-and-glazes").mkdir(parents=True)
+    (runs / "finetune" / "shapes-and-glazes" / "report.json").write_text(json.dumps(
+        {"run": "shapes-and-glazes", "backbone": "mobilenet_v2", "variant": variant, "tasks": task_reports,
+         "seconds_this_session": 12.5}))
+    rows = json.loads(invoke("report", "--runs", str(runs), "--json").output)["runs"]
+    tuned = [r for r in rows if r["clf"] == "finetune"]
+    assert [(r["task"], r["run"], r["variant"]) for r in tuned] == [
+        ("form", "finetune/shapes-and-glazes", variant), ("glaze", "finetune/shapes-and-glazes", variant)]
+    assert {r["task"]: r["best"] for r in tuned} == {"form": True, "glaze": True}  # 0.99 beats the logreg run
+    text = invoke("report", "--runs", str(runs)).output  # CliRunner's terminal is 80 columns wide
+    assert long_name in text and f"mobilenet_v2/{variant}" in text and f"{key}" in text
+    assert len(pd.read_csv(runs / "runs.csv")) == 3
 
 
 @pytest.mark.parametrize("args, message", [
