@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from featkit.config import Config, find_config
 from featkit.errors import FeatkitError, choices_message
+from featkit.paths import disk_error
 
 console = Console()
 err_console = Console(stderr=True)
@@ -28,14 +29,19 @@ JsonOpt = typer.Option(False, "--json", help="Print results as JSON on stdout.")
 
 
 def friendly(func: Callable) -> Callable:
-    """Turn FeatkitError into a one-line message and exit 2; never a traceback."""
+    """Turn FeatkitError into a one-line message and exit 2; never a traceback.
+
+    An OSError that no library call turned into a FeatkitError (a read-only or full disk
+    under a write featkit does not wrap) gets the same one line, from :func:`featkit.paths.disk_error`.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except FeatkitError as err:
-            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        except (FeatkitError, OSError) as err:
+            message = str(err if isinstance(err, FeatkitError) else disk_error(err, writing=False))
+            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: everything computed so far is saved; rerun to resume")
@@ -44,11 +50,15 @@ def friendly(func: Callable) -> Callable:
     return wrapper
 
 
-def open_collection(config_dir: Path | None, **overrides: Any):
+NoCorrectionsOpt = typer.Option(False, "--no-corrections",
+                                help="Use the labels as labels.csv gives them, ignoring corrections.csv beside it.")
+
+
+def open_collection(config_dir: Path | None, *, corrections: bool = True, **overrides: Any):
     """The collection (:class:`featkit.api.Collection`) of featkit.toml in ``config_dir`` (default cwd)."""
     from featkit.api import Collection
 
-    return Collection(load_config(config_dir, **overrides))
+    return Collection(load_config(config_dir, **overrides), corrections=corrections)
 
 
 def load_config(config_dir: Path | None, **overrides: Any) -> Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
@@ -29,3 +30,5 @@ def demo(
                   f"{ex['failed']} failed, {ex['images_per_s']:.1f} img/s ({ex['precision']})")
     for line in results.get("lines", []):
         console.print(line)
+    console.print(f"browse it: featkit serve --config {shlex.quote(results['collection'])}", markup=False,
+                  highlight=False, soft_wrap=True)

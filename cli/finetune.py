@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ._common import ConfigOpt, JsonOpt, choice, console, friendly, load_config, print_json, split_list
+from ._common import (ConfigOpt, JsonOpt, NoCorrectionsOpt, choice, console, friendly, load_config, print_json,
+                      split_list)
 from featkit.backbones import check_backbone_name, list_backbones
 from featkit.extract.settings import PRECISIONS
 from featkit.finetune.settings import (AUGMENTATIONS, CLASS_WEIGHTS, OPTIMIZERS, SCHEDULES, TASK_WEIGHTINGS,
@@ -64,11 +65,13 @@ def finetune(
     overwrite: bool = typer.Option(False, "--overwrite", help="Start run --run again from scratch."),
     compare: bool = typer.Option(False, "--compare", help="Also train one single-task model per task on the same "
                                                           "split and print balanced accuracy side by side."),
+    no_corrections: bool = NoCorrectionsOpt,
     config_dir: Path = ConfigOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Fine-tune a pretrained trunk with one head per task; cache it back with `featkit extract --variant`."""
-    flags = {k: v for k, v in locals().items() if k not in ("resume", "overwrite", "compare", "config_dir", "json_out")}
+    flags = {k: v for k, v in locals().items()
+             if k not in ("resume", "overwrite", "compare", "config_dir", "json_out", "no_corrections")}
     flags.update(tasks=split_list(tasks), augment=split_list(augment), cascade=cascade or None)
     from featkit.data.manifest import load_manifest
     from featkit.finetune import compare_single_multi
@@ -78,7 +81,7 @@ def finetune(
     config = load_config(config_dir)
     settings = settings_from_flags(config, resume=resume, progress=not json_out, **flags)
     config = config.replace(tasks=settings.tasks)
-    collection = load_manifest(config)
+    collection = load_manifest(config, corrections=not no_corrections)
     if compare:
         result = compare_single_multi(config, collection, settings=settings, resume=resume, overwrite=overwrite)
         return print_json(result) if json_out else _print_compare(result)

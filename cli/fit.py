@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from ._common import ConfigOpt, JsonOpt, choice, console, err_console, friendly, open_collection, print_json
+from ._common import (ConfigOpt, JsonOpt, NoCorrectionsOpt, choice, console, err_console, friendly,
+                      open_collection, print_json)
 from featkit.backbones import check_backbone_name
 from featkit.data.splits import SPLIT_MODES
 from featkit.heads import list_heads, rebalance_choices
@@ -43,6 +44,7 @@ def fit(
     jobs: int = typer.Option(None, "--jobs", "-j", min=1, help="Threads (default 1: fastest on a shared machine)."),
     no_model: bool = typer.Option(False, "--no-model", help="Evaluate only; skip the final refit and saved model."),
     out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<task>-<clf>-<backbone>-<variant>-<time>)."),
+    no_corrections: bool = NoCorrectionsOpt,
     config_dir: Path = ConfigOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -54,7 +56,7 @@ def fit(
     settings = FitSettings(cv=cv, inner_cv=inner_cv, split=split, rebalance=rebalance, pca=pca, seed=seed,
                            n_jobs=jobs, params=parse_params(param or [], clf), refit=not no_model,
                            calibration=calibration, min_precision=min_precision)
-    col = open_collection(config_dir)
+    col = open_collection(config_dir, corrections=not no_corrections)
     emb = col.embeddings(backbone, variant)
     live = console.is_terminal and not json_out  # a terminal: one live status line; a log: one plain line per step
     with console.status(f"fitting {clf}") if live else contextlib.nullcontext() as status:
@@ -77,6 +79,9 @@ def fit(
                       f"macro-F1 {m['macro_f1']:.3f}, acc {m['accuracy']:.3f}")
         console.print(f"  {rep['split']['description']}; rebalance {rep['rebalance']['used']} "
                       f"({rep['rebalance']['reason']}); fit {rep['fit_seconds']:.1f} s", highlight=False)
+        if rep["corrections"]["applied"]:
+            console.print(f"  labels: {rep['corrections']['applied']} changed by {rep['corrections']['file']}",
+                          highlight=False)
         cal, review = rep["calibration"], rep["review"]
         console.print(f"  calibration {cal['chosen']}: ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f}; "
                       + (f"review below confidence {review['threshold']:.3f}: {review['kept']} of {review['n']} "

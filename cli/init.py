@@ -28,6 +28,7 @@ def init(
 ) -> None:
     """Write featkit.toml for a manifest CSV or an ImageFolder tree in the current folder."""
     from featkit.data.manifest import infer_config, load_manifest
+    from featkit.paths import safe_name, slug
 
     root = Path.cwd()
     if (root / CONFIG_NAME).exists() and not force:
@@ -40,8 +41,8 @@ def init(
     else:
         folder = image_folder.resolve()
         rel = folder.relative_to(root) if folder.is_relative_to(root) else folder
-        config = Config(root=root, name=name or folder.name, image_folder=rel,
-                        tasks=split_list(tasks) or ("label",), store=store)
+        config = Config(root=root, name=safe_name(name, what="collection name") if name else slug(folder.name),
+                        image_folder=rel, tasks=split_list(tasks) or ("label",), store=store)
         notes = [f"one task, {config.tasks[0]!r}: the class folder name"]
     collection = load_manifest(config)  # validate before writing
     path = config.write()

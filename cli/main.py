@@ -9,6 +9,7 @@ from . import fit, predict, report
 from . import finetune
 from . import duplicates, label_issues, outliers, rank, separability, umap
 from . import verify
+from . import corrections, serve, similar
 
 app = typer.Typer(
     name="featkit",
@@ -48,6 +49,9 @@ app.command("label-issues")(label_issues.label_issues)
 app.command("duplicates")(duplicates.duplicates)
 app.command("rank")(rank.rank)
 app.command("verify")(verify.verify)
+app.command("similar")(similar.similar)
+app.command("serve")(serve.serve)
+app.add_typer(corrections.app, name="corrections")
 
 
 def main() -> None:

@@ -84,8 +84,9 @@ class Embeddings(core.Embeddings):
 class Collection:
     """A collection folder: its settings (featkit.toml), its labelled images and its feature store."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, corrections: bool = True) -> None:
         self.config = config
+        self.corrections = corrections  # apply corrections.csv beside the manifest (False: labels as given)
         self._manifest: Manifest | None = None
 
     def __repr__(self) -> str:
@@ -95,7 +96,7 @@ class Collection:
     @property
     def manifest(self) -> Manifest:
         if self._manifest is None:
-            self._manifest = load_manifest(self.config)
+            self._manifest = load_manifest(self.config, corrections=self.corrections)
         return self._manifest
 
     @property
@@ -174,8 +175,9 @@ class Collection:
                 if settings.tta not in ("none", tta):
                     raise FeatkitError(f"variant names TTA {tta!r} but tta={settings.tta!r} was asked; give one")
                 settings = dataclasses.replace(settings, tta=tta)
+        manifest = self.manifest  # a manifest that cannot be read fails before a network loads
         net = load_backbone(backbone, weights=weights, variant=variant, config=self.config)
-        return extract(self.manifest, net, store=self.store, settings=settings)
+        return extract(manifest, net, store=self.store, settings=settings)
 
     def embeddings(self, backbone: str | None = None, variant: str | None = None, *,
                    key: str | None = None) -> Embeddings:
@@ -209,13 +211,14 @@ class Collection:
         return finetune(self.config, self.manifest, settings=FinetuneSettings(tasks=chosen, **settings))
 
 
-def open(path: str | Path = ".", **overrides: Any) -> Collection:  # noqa: A001  (featkit.open, like io.open)
-    """The collection in folder ``path``.
+def open(path: str | Path = ".", *, corrections: bool = True, **overrides: Any) -> Collection:  # noqa: A001
+    """The collection in folder ``path`` (``featkit.open``, like ``io.open``).
 
     With a ``featkit.toml`` there, it is read (``overrides`` replace its settings, as CLI
     flags do). Without one, the settings are inferred — from ``labels.csv`` (image, task,
     group and split columns) or from an image folder tree (``<class>/<image>``) — and
-    nothing is written: run ``featkit init`` to keep them.
+    nothing is written: run ``featkit init`` to keep them. Labels carry the decisions of
+    ``corrections.csv`` beside the manifest unless ``corrections=False``.
     """
     folder = Path(path).resolve()
     if folder.is_file() and folder.name == CONFIG_NAME:
@@ -223,13 +226,13 @@ def open(path: str | Path = ".", **overrides: Any) -> Collection:  # noqa: A001 
     if not folder.is_dir():
         raise FeatkitError(f"no collection folder at {folder}")
     if (folder / CONFIG_NAME).is_file():
-        return Collection(find_config(folder).replace(**overrides))
+        return Collection(find_config(folder).replace(**overrides), corrections=corrections)
     csv = folder / "labels.csv"
     if csv.is_file():
         config, _ = infer_config(csv, root=folder)
-        return Collection(config.replace(**overrides))
+        return Collection(config.replace(**overrides), corrections=corrections)
     if (folder / "images").is_dir() or any(p.is_dir() for p in folder.iterdir()):
         images = folder / "images" if (folder / "images").is_dir() else folder
         config = Config(root=folder, name=folder.name, image_folder=images.relative_to(folder), tasks=("label",))
-        return Collection(config.replace(**overrides))
+        return Collection(config.replace(**overrides), corrections=corrections)
     raise FeatkitError(f"{folder} has no {CONFIG_NAME}, no labels.csv and no image folders; run `featkit init` there")

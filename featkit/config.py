@@ -4,14 +4,16 @@ Every command reads it and every setting can be overridden by a flag
 (:meth:`Config.replace`). Paths in the file are relative to the file's folder. The
 config also owns every path featkit writes below the collection: the store, the runs
 (fit and fine-tune), exploration output and caches; user strings that become part of
-one of those paths go through :func:`featkit.paths.safe_name`.
+one of those paths go through :mod:`featkit.paths` (chosen names are checked, names made
+from data are slugged). The file itself is validated as it is read: every table and key is
+known, every value has its type, and each message names the file, the key and what to write.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,6 @@ class Config:
     store: Path | None = None  # default features/<name>.h5
     runs: Path | None = None  # default runs/
     explore: Path | None = None  # default explore/
-    extra: dict = field(default_factory=dict, compare=False)
 
     # -- paths featkit writes ----------------------------------------------------------
     def _under_root(self, path: Path) -> Path:
@@ -137,7 +138,6 @@ class Config:
             doc["runs"] = {"path": self.runs.as_posix()}
         if self.explore is not None:
             doc["explore"] = {"path": self.explore.as_posix()}
-        doc.update(self.extra)
         return doc
 
     def write(self, path: Path | None = None) -> Path:
@@ -160,9 +160,13 @@ class Config:
             raise FeatkitError(f"{path} is not valid TOML: {err}") from None
         except OSError as err:
             raise FeatkitError(f"cannot read {path}: {err.strerror or err}") from None
+        unknown = sorted(set(doc) - {"collection", *_PATH_TABLES})
+        if unknown:
+            raise FeatkitError(f"{path}: unknown table(s) {', '.join(f'[{t}]' for t in unknown)}; valid tables: "
+                               f"{', '.join(f'[{t}]' for t in ('collection', *_PATH_TABLES))}")
         coll = doc.get("collection")
         if not isinstance(coll, dict) or "name" not in coll:
-            raise FeatkitError(f"{path} has no [collection] table with a name")
+            raise FeatkitError(f"{path} has no [collection] table with a name (e.g. [collection] name = \"pots\")")
         _check_table(path, "collection", coll, _COLLECTION_KEYS)
         paths = {}
         for table, keys in _PATH_TABLES.items():
@@ -172,9 +176,7 @@ class Config:
                                    f"{_shown(value)}")
             _check_table(path, table, value, keys)
             paths[table] = Path(value["path"]) if value.get("path") else None
-        extra = {k: v for k, v in doc.items() if k not in ("collection", *_PATH_TABLES)}
-        name = coll["name"]
-        safe_name(name, what=f"[collection] name in {path}")
+        name = safe_name(coll["name"], what=f"{path}: [collection] name")
         return cls(
             root=path.parent.resolve(),
             name=name,
@@ -187,7 +189,6 @@ class Config:
             store=paths["store"],
             runs=paths["runs"],
             explore=paths["explore"],
-            extra=extra,
         )
 
 

@@ -110,13 +110,18 @@ class Embeddings:
         chosen = self.ids if index is None else self.ids[np.asarray(index)]
         return self.manifest.paths(chosen)
 
-    def task(self, task: str, *, min_classes: int = 2) -> TaskData:
-        """Rows labelled for ``task`` (a FeatkitError when fewer than ``min_classes`` classes remain)."""
+    def task(self, task: str, *, min_classes: int = 2, include_trunk_training: bool = False) -> TaskData:
+        """Rows labelled for ``task`` (a FeatkitError when fewer than ``min_classes`` classes remain).
+
+        The images a fine-tuned trunk trained on are left out unless ``include_trunk_training``
+        — for a caller that only trains on them and scores held-out rows it picks itself (the
+        fine-tune probe: train + val rows to fit, the run's test rows to score).
+        """
         labels = check_labels(self.manifest.task_labels(task), allow_unknown=True)
         known = np.array([v is not None for v in labels], dtype=bool)
         given = labels[self.rows]
         labelled = np.flatnonzero(known[self.rows])
-        trained = trained_ids(self.variant, config=self.manifest.config)
+        trained = None if include_trunk_training else trained_ids(self.variant, config=self.manifest.config)
         seen = np.zeros(len(labelled), bool) if trained is None else np.isin(self.ids[labelled], trained)
         index = labelled[~seen]
         y = given[index].astype(str).astype(object)

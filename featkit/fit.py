@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from featkit._version import __version__
+from featkit.data.corrections import corrections_report
 from featkit.data.splits import class_counts, evaluation_splits, rare_classes, resolve_split_mode
 from featkit.embeddings import Embeddings, TaskData, resolve_tasks
 from featkit.errors import FeatkitError
@@ -47,7 +48,7 @@ from featkit.heads.calibration import (REVIEW_PRECISIONS, confidence_and_correct
                                        reliability, review_threshold, risk_coverage)
 from featkit.heads.registry import get_head_spec
 from featkit.modelio import feature_space, probability_column
-from featkit.paths import slug
+from featkit.paths import RUNS_ELSEWHERE, new_folder, slug
 
 
 @dataclass(frozen=True)
@@ -119,13 +120,13 @@ class FitResult:
         run_dir = Path(path) if path is not None else self.default_dir
         if run_dir is None:
             raise FeatkitError("this result has no collection to save into; pass a folder: result.save('runs/x')")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.report["run"] = run_dir.name
-        files = []
-        if self.pipeline is not None:
-            save_model(run_dir, self.pipeline, meta=self.model_meta)
-            files = ["model.skops", "model.json"]
-        write_run(run_dir, self.report, self.predictions, plot=self.report["settings"]["plot"], extra_files=files)
+        with new_folder(run_dir, fix=RUNS_ELSEWHERE):
+            self.report["run"] = run_dir.name
+            files = []
+            if self.pipeline is not None:
+                save_model(run_dir, self.pipeline, meta=self.model_meta)
+                files = ["model.skops", "model.json"]
+            write_run(run_dir, self.report, self.predictions, plot=self.report["settings"]["plot"], extra_files=files)
         self.run_dir = run_dir
         return run_dir
 
@@ -256,6 +257,7 @@ def fit(emb: Embeddings, task: str, clf: str = "logreg", *, settings: FitSetting
         "dropped_classes": dropped,
         "warnings": warnings_list,
         "rows": data.counts,
+        "corrections": corrections_report(manifest.corrections, [task]),
         "n_train": int(round(float(np.mean(n_train)))),
         "n_test": int(tested.sum()),
         **scores,

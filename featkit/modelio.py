@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from featkit._version import __version__
 from featkit.errors import FeatkitError
+from featkit.paths import RUNS_ELSEWHERE, new_file
 
 MODEL_FILE = "model.skops"
 META_FILE = "model.json"
@@ -107,14 +107,12 @@ def save_model(folder: Path, pipeline: Any, *, meta: dict) -> Path:
         if key not in meta:
             raise ValueError(f"model meta needs {key!r}")
     model_path = folder / MODEL_FILE
-    tmp = folder / f".{MODEL_FILE}.{os.getpid()}.tmp"
-    sio.dump(pipeline, tmp)
-    os.replace(tmp, model_path)
+    with new_file(model_path, fix=RUNS_ELSEWHERE) as tmp:
+        sio.dump(pipeline, tmp)
     doc = {"format": FORMAT, "featkit_version": __version__, **meta,
            "model_file": MODEL_FILE, "model_sha256": _sha256(model_path)}
-    tmp = folder / f".{META_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, folder / META_FILE)
+    with new_file(folder / META_FILE, fix=RUNS_ELSEWHERE) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
     return folder
 
 

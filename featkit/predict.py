@@ -34,6 +34,7 @@ from featkit.data.manifest import IMAGE_EXTENSIONS, Manifest
 from featkit.errors import FeatkitError
 from featkit.extract.settings import ExtractSettings
 from featkit.modelio import FEATURE_SPACE_KEYS, LoadedModel, load_model, probability_column
+from featkit.paths import new_file
 from featkit.store import FeatureStore
 
 
@@ -361,5 +362,6 @@ def _display(path: Path) -> str:
 
 def write_predictions_csv(result: PredictResult, path: Path) -> Path:
     """:attr:`PredictResult.frame` as CSV."""
-    result.frame.to_csv(path, index=False)
+    with new_file(Path(path), fix="pass another -o") as tmp:
+        result.frame.to_csv(tmp, index=False)
     return Path(path)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from featkit.errors import FeatkitError
+from featkit.paths import RUNS_ELSEWHERE, new_file
 
 RUN_COLUMNS = ("run", "task", "clf", "backbone", "variant", "rebalance", "pca", "split", "n_test", "accuracy",
                "balanced_accuracy", "macro_f1", "ece", "review_threshold", "fit_seconds", "best")
@@ -102,6 +102,14 @@ def plot_reliability(report: dict, path: Path) -> Path:
     return path
 
 
+def _corrections_line(corrections: dict) -> str:
+    if corrections.get("ignored"):
+        return "as labels.csv gives them (corrections.csv ignored)"
+    if not corrections.get("applied"):
+        return "as labels.csv gives them (no correction for this task)"
+    return f"{corrections['applied']} of this task corrected by {corrections['file']}"
+
+
 def render_markdown(report: dict) -> str:
     """``report.md``: a run for people."""
     m = report["metrics"]
@@ -120,6 +128,7 @@ def render_markdown(report: dict) -> str:
         + f"; train ≈ {report['n_train']} per fold, {report['n_test']} evaluated",
         f"- fit {report['fit_seconds']:.2f} s (all folds, their searches and the final refit), "
         f"predict {report['predict_ms_per_image']:.3f} ms/image",
+        f"- labels: {_corrections_line(report.get('corrections') or {})}",
         "",
         "| metric | value |",
         "| --- | --- |",
@@ -195,9 +204,8 @@ def write_run(run_dir: Path, report: dict, predictions: pd.DataFrame, *, plot: b
     report["files"] = files + list(extra_files)
     predictions.to_csv(run_dir / "predictions.csv", index=False, float_format="%.5f")
     (run_dir / "report.md").write_text(render_markdown(report))
-    tmp = run_dir / f".report.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    tmp.replace(run_dir / "report.json")
+    with new_file(run_dir / "report.json", fix=RUNS_ELSEWHERE) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=str))
 
 
 def _row(report: dict, run: str) -> dict:
@@ -261,8 +269,7 @@ def collect_runs(runs_dir: Path, *, task: str | None = None) -> list[dict]:
 
 def write_runs_csv(rows: list[dict], path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    with new_file(path, fix="pass --csv FILE to write elsewhere") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(RUN_COLUMNS))
         writer.writeheader()
         writer.writerows(rows)

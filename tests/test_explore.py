@@ -256,10 +256,18 @@ def test_cli_commands_print_json(env):
     assert out.exit_code == 0, out.output
     assert len(json.loads(out.stdout)["outliers"]) == 5
 
-    out = cli(env, "label-issues", "--variant", "imagenet1k_v1", "--task", "form", "--C", "0.1", "--json")
+    out = cli(env, "label-issues", "--variant", "imagenet1k_v1", "--task", "form", "--C", "0.1", "--top", "4", "--json")
     assert out.exit_code == 0, out.output
-    issues = json.loads(out.stdout)["label_issues"]
-    assert {"given", "suggested", "self_confidence", "id", "path"} <= set(issues[0])
+    data = json.loads(out.stdout)
+    assert {"given", "self_confidence", "suggested", "suggested_confidence", "id", "path"} <= set(data["label_issues"][0])
+    assert data["left_out_classes"] == {} and Path(data["gallery"]).is_file() and "pairs" not in data
+    out = cli(env, "label-issues", "--variant", "imagenet1k_v1", "--task", "form", "--C", "0.1", "--no-gallery")
+    assert out.exit_code == 0, out.output
+    assert "p(suggested)" in out.stdout and "likely label issues" in out.stdout and "gallery:" not in out.stdout
+    out = cli(env, "label-issues", "--variant", "imagenet1k_v1", "--pairs", "--json")  # no task: only the pairs
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert list(data) == ["pairs"] and data["pairs"]["tasks"] == ["form", "glaze", "decoration", "period", "museum"]
 
     out = cli(env, "rank", "--task", "form", "--json")
     assert out.exit_code == 0, out.output
@@ -290,3 +298,28 @@ def test_cli_without_matplotlib_names_the_extra(env, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     out = cli(env, "outliers", "--variant", "imagenet1k_v1", "--task", "form")
     assert out.exit_code == 2 and "featkit[plot]" in out.output and "Traceback" not in out.output
+
+
+# -- search by image ----------------------------------------------------------------------
+def test_similar_finds_a_copy_by_id_by_path_and_from_a_new_file(env, tmp_path):
+    from featkit.explore.similar import similar
+
+    emb = env.emb[REAL]
+    original, copy = env.duplicate
+    by_id = similar(emb, copy, k=3)
+    assert by_id["id"][0] == original and by_id["score"][0] > 0.999 and copy not in set(by_id["id"])
+    by_path = similar(emb, env.config.root / copy, k=1)  # a path inside the collection is its id
+    assert by_path["id"][0] == original
+    outside = tmp_path / "upload.jpg"
+    shutil.copyfile(env.config.root / original, outside)  # not in the collection: embedded like the store
+    new = similar(emb, outside, k=2)
+    assert set(new["id"]) == {original, copy} and new["score"].min() > 0.99
+    vector = similar(emb, emb.X[0], k=1, task="form")  # an embedding: nothing excluded, itself first
+    assert vector["id"][0] == emb.ids[0] and vector["score"][0] == pytest.approx(1.0, abs=1e-5)
+    form = emb.labels("form")[0]
+    same = similar(emb, emb.ids[0], k=5, task="form", label=form)
+    assert (same["form"] == form).all() and len(same) == 5
+    with pytest.raises(FeatkitError, match="label 'teapot' is not a class of task 'form'"):
+        similar(emb, emb.ids[0], task="form", label="teapot")
+    with pytest.raises(FeatkitError, match="neither an image id of collection 'vessels' nor an existing file"):
+        similar(emb, "images/nowhere.jpg")

@@ -387,3 +387,33 @@ def test_umap_jit_cache_survives_between_processes():
     second = runs[1]
     assert second["cache_dir"] == second["default"] and second["default"].endswith("featkit/numba")
     assert second["hits"] >= 1 and second["misses"] == 0
+
+
+# -- clusters ------------------------------------------------------------------------------
+def test_clusters_follow_the_task_the_embedding_separates_and_flag_a_mixed_cluster(tmp_path):
+    """Six planted visual kinds: 'shape' follows them; 'era' is spread across them; one kind carries two
+    labels of 'shape' half and half — the cluster that cuts across labels."""
+    from featkit.data.manifest import Manifest
+    from featkit.embeddings import Embeddings
+    from featkit.explore.clusters import ClusterSettings, cluster_embeddings
+
+    X, kind = clusters(40, 6, 24, spread=0.25, seed=3)
+    shape = kind.astype(object).copy()
+    mixed = np.flatnonzero(kind == "c5")
+    shape[mixed[::2]] = "c4"  # kind c5 is labelled c4 half the time
+    era = np.array(["early", "late"] * 120, dtype=object)  # independent of the picture
+    ids = np.array([f"img/{i:03d}.jpg" for i in range(len(X))])
+    manifest = Manifest(name="planted", root=tmp_path, ids=ids, labels={"shape": shape, "era": era})
+    emb = Embeddings(key="toy/v1", ids=ids, X=X, manifest=manifest, rows=np.arange(len(ids)))
+    found = cluster_embeddings(emb, ClusterSettings(candidates=(3, 6, 9)))
+    assert found.k == 6 and max(found.silhouettes, key=found.silhouettes.get) == 6
+    agreement = found.agreement()
+    assert agreement.loc["shape", "ami"] > 0.8 and agreement.loc["era", "ami"] < 0.05
+    profile = found.profile("shape")
+    top = profile.index[0]  # the most mixed cluster is kind c5's
+    assert set(np.flatnonzero(found.labels == top)) == set(mixed)
+    assert profile.loc[top, "entropy_bits"] == pytest.approx(1.0, abs=0.01) and profile["entropy_bits"].iloc[1] == 0
+    spread = found.spread("shape")
+    assert spread.index[0] == "c4" and spread.loc["c4", "clusters"] == 2  # c4 lives in its own cluster and c5's
+    members = found.members(top, 5)
+    assert len(members) == 5 and set(members) <= set(mixed)

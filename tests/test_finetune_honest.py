@@ -24,6 +24,7 @@ def tuned(demo_config, tmp_path_factory):
     result = col.finetune(("glaze",), run="g", epochs=1, batch_size=16, image_size=64, train_blocks=1,
                           steps_per_epoch=2, progress=False, workers=0)
     split = json.loads((col.config.finetune_run_dir("g") / "split.json").read_text())
+    assert result.report["corrections"]["applied"] == 0 and not result.report["corrections"]["ignored"]
     emb = col.extract("mobilenet_v2", variant=result.report["variant"], progress=False, workers=0)
     frozen = col.extract("mobilenet_v2", progress=False, workers=0)
     return col, emb, frozen, split

@@ -85,7 +85,7 @@ def test_layers_only_import_downward():
     layer = {"featkit.data": 1, "featkit.backbones": 2, "featkit.store": 3, "featkit.extract": 4,
              "featkit.embeddings": 5, "featkit.heads": 5, "featkit.evaluate": 6, "featkit.modelio": 6,
              "featkit.report": 6, "featkit.fit": 7, "featkit.predict": 7, "featkit.finetune": 7,
-             "featkit.explore": 8, "featkit.api": 9, "featkit.demo": 10}
+             "featkit.explore": 8, "featkit.api": 9, "featkit.demo": 10, "featkit.serve": 10}
 
     def rank(module: str) -> int:
         if module == "featkit":

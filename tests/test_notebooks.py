@@ -100,3 +100,17 @@ def test_real_clusters_notebook_runs_on_demo_data(collection_dir, tmp_path, monk
     monkeypatch.setenv("FEATKIT_COLLECTION", str(collection_dir))
     book = run(NOTEBOOKS / "03_real_clusters.ipynb", tmp_path)
     assert not outputs(book, "error")
+
+
+def test_extraction_shows_a_live_progress_bar_in_a_notebook(demo_config, tmp_path):
+    """rich draws its bar as a Jupyter widget (ipywidgets), not as terminal text nor a warning."""
+    root = tmp_path / "small"
+    shutil.copytree(demo_config.root, root, ignore=shutil.ignore_patterns("features", "runs", "explore"))
+    book = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        f"import featkit as fk\nemb = fk.open({str(root)!r}).extract('mobilenet_v2', limit=4, workers=0)\n"
+        "print(emb.key)")])
+    NotebookClient(book, timeout=600, kernel_name="python3").execute()
+    assert not outputs(book, "error")
+    assert outputs(book, "application/vnd.jupyter.widget-view+json")  # the bar, as a widget
+    streams = "".join(o.get("text", "") for o in outputs(book, "stream"))
+    assert "mobilenet_v2/imagenet1k_v1" in streams and "ipywidgets" not in streams

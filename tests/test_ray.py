@@ -21,8 +21,9 @@ from conftest import dataset_dir
 from featkit.config import Config
 from featkit.data import load_manifest
 from featkit.errors import FeatkitError
-from featkit.extract import ExtractSettings
 from featkit.api import Collection
+from featkit.extract import ExtractSettings
+from featkit.predict import PredictSettings
 from featkit.store import FeatureStore
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs pip install 'featkit[ray]'")
@@ -83,6 +84,19 @@ def test_ray_engine_writes_what_the_local_engine_writes(porcelain, ray_session, 
 
     again = _extract(porcelain, tmp_path / "ray.h5", engine="ray")  # resumes like the local engine
     assert (again.computed, again.already_done, again.skipped_failed) == (0, 40, 3)
+
+    # predict embeds in memory through the same runtime: its rows and failures are the stores' rows
+    from featkit.modelio import feature_space
+    from featkit.predict import embed_in_space
+
+    paths = [porcelain.root / i for i in sa["ids"]]
+    rows, errors = embed_in_space(feature_space(a.meta(local.key)), paths, config=porcelain,
+                                  settings=PredictSettings(precision="fp32", batch_size=16, workers=1))
+    assert {str(sa["ids"][i]) for i in errors} == set(BROKEN)
+    done = [i for i in range(len(paths)) if i not in errors]
+    predicted = np.stack([rows[i] for i in done])
+    np.testing.assert_allclose(predicted, fa.X, rtol=1e-5, atol=1e-6)
+    assert [str(sa["ids"][i]) for i in done] == list(fa.ids)
 
 
 def test_cli_ray_engine_resumes_a_local_store_and_prints_clean_json(porcelain, ray_session, tmp_path):

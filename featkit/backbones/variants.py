@@ -28,6 +28,7 @@ import numpy as np
 
 from featkit.backbones.registry import RANDOM, parse_name
 from featkit.errors import FeatkitError
+from featkit.paths import safe_name
 from featkit.registry import Registry
 
 if TYPE_CHECKING:
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
     from featkit.config import Config
 
 TTA_SEPARATOR = "+tta-"
+# A variant's segment folder percent-encodes it (3 characters per byte at worst) beside a TTA suffix
+# of up to 16: 78 bytes keep that name under 255 and hold finetuned-<64-byte run name>.
+_VARIANT_BYTES = 78
 _SIZE = re.compile(r"^(?P<base>.+)-(?P<size>\d{2,4})px$")
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ def load_backbone(name: str, *, weights: str | None = None, variant: str | None 
 
     if not variant:
         return create_backbone(name, weights=weights, seed=seed)
+    safe_name(variant, what="variant", max_bytes=_VARIANT_BYTES)  # it names a store group and a folder
     base = split_tta(variant)[0]
     sized = _SIZE.match(base)
     if sized:

@@ -4,20 +4,33 @@ A manifest has an image-path column (relative to the CSV's folder), one column p
 task, and optionally a group column (object id, photographer) and a split column.
 Empty label cells mean "unknown for this task". Image ids are the relative paths as
 POSIX strings, so a store is addressed by id, never by row position.
+
+A manifest is read as spreadsheets write it: the delimiter (``,`` ``;`` tab ``|``) is
+sniffed, a UTF-8 or UTF-16 byte-order mark is honoured, and what cannot be read is named
+where it is (the row and column of a non-UTF-8 byte, a repeated header, a row with too
+many fields, an image path outside the manifest's folder).
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
 import hashlib
+import io
+import os
+import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
-from featkit.config import Config
+from featkit.config import CONFIG_NAME, Config
+from featkit.data.corrections import apply_corrections, corrections_path, read_corrections
+from featkit.data.images import ImageLoadError, open_image_file
 from featkit.errors import FeatkitError
+from featkit.paths import safe_name, slug
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 _SPLIT_VALUES = {"train", "val", "valid", "validation", "test", "dev", "holdout"}
@@ -40,6 +53,7 @@ class Manifest:
     manifest_hash: str = ""
     source: str = ""
     config: Config | None = None
+    corrections: dict | None = None  # what corrections.csv changed in ``labels`` (None: not applied)
     _order: np.ndarray = field(default=None, repr=False)  # argsort of ids: lookups by binary search
 
     def __post_init__(self) -> None:
@@ -91,32 +105,148 @@ def _hash_bytes(*chunks: bytes) -> str:
     return digest.hexdigest()
 
 
-def _clean_id(raw: str, root: Path, row: int) -> str:
+def _outside(raw: str, root: Path, row: int) -> FeatkitError:
+    return FeatkitError(
+        f"row {row}: image path {raw!r} is outside the collection folder {root}; images must lie inside the "
+        "manifest's folder (write paths relative to it; a linked sub-folder such as images/ is fine)"
+    )
+
+
+def _clean_id(raw: str, folders: tuple[Path, ...], row: int) -> str:
+    """The image id of manifest cell ``raw``: a normalised POSIX path relative to the manifest's folder.
+
+    ``folders`` are that folder as written and resolved: an absolute path below either is
+    made relative (compared as text, so a linked ``images/`` on another disk stays inside), as is
+    one that resolves into the folder (written through a link to the collection).
+    """
     text = raw.strip().replace("\\", "/")
+    root = folders[-1]
     if not text:
         raise FeatkitError(f"row {row}: empty image path")
-    pure = PurePosixPath(text)
-    if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", text):
-        raise FeatkitError(
-            f"row {row}: image path {raw!r} is outside the collection folder {root}; "
-            "paths must be relative to the manifest and stay inside its folder"
-        )
-    return str(pure)
+    if re.match(r"^[A-Za-z]:/", text):
+        raise FeatkitError(f"row {row}: image path {raw!r} is a Windows path with a drive letter; write it relative "
+                           f"to the manifest's folder {root}")
+    if text.startswith("/"):
+        absolute = PurePosixPath(posixpath.normpath(text))
+        base = next((f for f in folders if absolute.is_relative_to(f.as_posix())), None)
+        if base is not None:
+            text = str(absolute.relative_to(base.as_posix()))
+        elif Path(absolute).resolve().is_relative_to(root):  # written through a link to the collection
+            text = Path(absolute).resolve().relative_to(root).as_posix()
+        else:
+            raise _outside(raw, root, row)
+    norm = posixpath.normpath(text)
+    if norm == ".." or norm.startswith("../"):
+        raise _outside(raw, root, row)
+    if norm == ".":
+        raise FeatkitError(f"row {row}: image path {raw!r} names the collection folder itself, not an image")
+    return norm
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
+@dataclass(frozen=True)
+class _Table:
+    frame: pd.DataFrame
+    raw: bytes
+    delimiter: str
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    """The manifest's text: UTF-8 (a UTF-8 or UTF-16 byte-order mark is honoured), else an error naming the spot.
+
+    Other encodings are refused, not guessed: Latin-1, Windows-1252 and Mac Roman read the
+    same bytes as different letters, and a label or image path read with the wrong one would
+    silently be a different class or a file that does not exist.
+    """
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text"
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as err:
+            raise FeatkitError(f"manifest {path} starts like UTF-16 but is not ({err.reason}); save it as UTF-8") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise FeatkitError(_not_utf8(raw, err, path)) from None
+    if "\x00" in text:
+        row = text.count("\n", 0, text.index("\x00")) + 1
+        raise FeatkitError(f"manifest {path} has NUL bytes (row {row}): it is UTF-16 without a byte-order mark or not "
+                           "a text file; save it as UTF-8 CSV")
+    return text
+
+
+def _not_utf8(raw: bytes, err: UnicodeDecodeError, path: Path) -> str:
+    """Where the first non-UTF-8 byte is: row (line of the file, as a spreadsheet numbers it) and column."""
+    start = raw.rfind(b"\n", 0, err.start) + 1
+    before = raw[:err.start].decode("utf-8")  # valid: the error is the first one
+    delimiter = _delimiter(before)
+    header = next(csv.reader([before.split("\n", 1)[0].rstrip("\r")], delimiter=delimiter), [])
+    cells = next(csv.reader([raw[start:err.start].decode("utf-8")], delimiter=delimiter), [""])
+    col = max(len(cells) - 1, 0)
+    row = raw.count(b"\n", 0, err.start) + 1
+    end = min((i for i in (raw.find(delimiter.encode(), err.start), raw.find(b"\n", err.start)) if i >= 0),
+              default=len(raw))
+    cell = (cells[-1].encode() if cells else b"") + raw[err.start:end]
+    where = f"column {header[col]!r}" if row > 1 and col < len(header) else f"column {col + 1}"
+    return (f"manifest {path} is not UTF-8: row {row}, {where} holds byte 0x{raw[err.start]:02X} "
+            f"({cell.decode('cp1252', 'replace').strip()!r} if it is Latin-1/Windows-1252); save it as UTF-8 "
+            "(in Excel: Save As, CSV UTF-8)")
+
+
+_DELIMITERS = ",;\t|"
+
+
+def _delimiter(text: str) -> str:
+    """The field separator, sniffed from the first 64 KiB (``,`` when nothing else is consistent)."""
+    sample = text[:1 << 16]
+    if len(text) > len(sample):
+        sample = sample[:sample.rfind("\n") + 1] or sample
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=_DELIMITERS).delimiter
+    except csv.Error:
+        return ","
+
+
+def _too_many(path: Path, row: int, fields: int, columns: int, delimiter: str) -> str:
+    return (f"manifest {path}: row {row} has {fields} fields but the header has {columns}; a value holding "
+            f"{delimiter!r} must be in double quotes")
+
+
+def _read_csv(path: Path) -> _Table:
+    if not path.exists():
         raise FeatkitError(f"manifest {path} does not exist")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        with open_image_file(path) as fh:  # refuses a FIFO or a device before opening it
+            raw = fh.read()
+    except ImageLoadError as err:
+        raise FeatkitError(f"manifest {path} cannot be read: {err}") from None
+    text = _decode(raw, path)
+    delimiter = _delimiter(text)
+    rows = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header = [h.strip() for h in next(rows, [])]
+    for name in dict.fromkeys(h for h in header if h):
+        where = [str(i + 1) for i, h in enumerate(header) if h == name]
+        if len(where) > 1:
+            raise FeatkitError(f"manifest {path} has {len(where)} columns named {name!r} (columns "
+                               f"{', '.join(where[:-1])} and {where[-1]}); rename all but one")
+    first = next(rows, [])
+    if len(first) > len(header):  # pandas would silently take the first column as an index
+        raise FeatkitError(_too_many(path, rows.line_num, len(first), len(header), delimiter))
+    try:
+        frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False,
+                            skipinitialspace=True, index_col=False)
     except pd.errors.EmptyDataError:
         raise FeatkitError(f"manifest {path} is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+    except pd.errors.ParserError as err:
+        fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
+        if fields:
+            n, row, saw = map(int, fields.groups())
+            raise FeatkitError(_too_many(path, row, saw, n, delimiter)) from None
         raise FeatkitError(f"manifest {path} is not a readable CSV: {err}") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame.columns = [str(c).strip() for c in frame.columns]  # duplicates were refused above, so none renamed
     if frame.empty:
         raise FeatkitError(f"manifest {path} has a header but no rows")
-    return frame
+    return _Table(frame, raw, delimiter)
 
 
 def _labels(values: pd.Series) -> np.ndarray:
@@ -129,16 +259,19 @@ def _labels(values: pd.Series) -> np.ndarray:
 def _from_manifest(config: Config) -> Manifest:
     path = config.manifest_path
     assert path is not None
-    frame = _read_csv(path)
-    needed = [config.image_column, *config.tasks, *(c for c in (config.group, config.split) if c)]
-    missing = [c for c in needed if c not in frame.columns]
+    table = _read_csv(path)
+    frame = table.frame
+    needed = [("image_column", config.image_column), *(("tasks", t) for t in config.tasks),
+              *((key, c) for key, c in (("group", config.group), ("split", config.split)) if c)]
+    missing = [f"{c!r} ({key})" for key, c in needed if c not in frame.columns]
     if missing:
         raise FeatkitError(
-            f"column(s) {', '.join(repr(c) for c in missing)} not in {path.name}; "
+            f"{path.name} has no column {', '.join(missing)}, named by [collection] in {CONFIG_NAME} or a flag; "
             f"its columns are: {', '.join(frame.columns)}"
         )
     root = path.parent.resolve()
-    ids = [_clean_id(raw, root, i + 2) for i, raw in enumerate(frame[config.image_column])]
+    folders = tuple(dict.fromkeys((Path(os.path.abspath(path)).parent, root)))
+    ids = [_clean_id(raw, folders, i + 2) for i, raw in enumerate(frame[config.image_column])]
     dupes = pd.Series(ids)[pd.Series(ids).duplicated()].unique()
     if len(dupes):
         shown = ", ".join(repr(d) for d in dupes[:5])
@@ -152,7 +285,7 @@ def _from_manifest(config: Config) -> Manifest:
         labels={task: _labels(frame[task]) for task in tasks},
         groups=_labels(frame[config.group]) if config.group else None,
         split=_labels(frame[config.split]) if config.split else None,
-        manifest_hash=_hash_bytes(path.read_bytes()),
+        manifest_hash=_hash_bytes(table.raw),
         source=str(path),
         config=config,
     )
@@ -187,19 +320,54 @@ def _from_image_folder(config: Config) -> Manifest:
     )
 
 
-def load_manifest(config: Config) -> Manifest:
-    """Read the collection ``config`` describes, with clear errors for bad manifests."""
+def load_manifest(config: Config, *, corrections: bool = True) -> Manifest:
+    """Read the collection ``config`` describes, with clear errors for bad manifests.
+
+    With ``corrections`` (the default), the decisions recorded in ``corrections.csv``
+    beside the manifest (:mod:`featkit.data.corrections`) are applied on top of the labels
+    it gives, and ``Manifest.corrections`` says what they changed; ``labels.csv`` itself is
+    never edited. ``corrections=False`` reads the labels exactly as the manifest gives them.
+    """
     if config.manifest is not None:
-        return _from_manifest(config)
-    if config.image_folder is not None:
-        return _from_image_folder(config)
-    raise FeatkitError("the configuration names neither a manifest CSV nor an image folder")
+        manifest = _from_manifest(config)
+    elif config.image_folder is not None:
+        manifest = _from_image_folder(config)
+    else:
+        raise FeatkitError("the configuration names neither a manifest CSV nor an image folder")
+    if not corrections:
+        return manifest
+    path = corrections_path(config)
+    labels, summary = apply_corrections(manifest.ids, manifest.labels, read_corrections(path))
+    summary = {"file": str(path), **summary, "unknown_ids": len(summary["unknown_ids"])}
+    return replace(manifest, labels=labels, corrections=summary)
 
 
 # -- inference for `featkit init` ------------------------------------------------------
-def _looks_like_paths(values: pd.Series) -> bool:
+_IMAGE_COLUMN_NAMES = ("image", "images", "img", "path", "file", "filename", "file_name", "filepath", "image_path")
+
+
+def _image_share(values: pd.Series) -> float:
+    """Share of the first 50 non-empty cells that end with a known image extension."""
     sample = values[values.str.strip() != ""].head(50)
-    return len(sample) > 0 and sample.str.lower().str.endswith(IMAGE_EXTENSIONS).mean() > 0.9
+    return float(sample.str.strip().str.lower().str.endswith(IMAGE_EXTENSIONS).mean()) if len(sample) else 0.0
+
+
+def _looks_like_paths(values: pd.Series, *, named: bool = False) -> bool:
+    """Image paths: over 90 % known extensions, or a majority in a column named like ``image``
+    (so one ``.jp2`` among nine rows does not hide the column literally called image)."""
+    return _image_share(values) > (0.5 if named else 0.9)
+
+
+def _unknown_extensions(values: pd.Series) -> str:
+    """A note on paths with extensions featkit does not list (extract still tries to decode them)."""
+    cells = values.str.strip()
+    cells = cells[cells != ""]
+    odd = cells[~cells.str.lower().str.endswith(IMAGE_EXTENSIONS)]
+    if odd.empty:
+        return ""
+    kinds = sorted(set(odd.map(lambda v: PurePosixPath(v).suffix.lower() or "(none)")))
+    return (f" ({len(odd)} of {len(cells)} paths have another extension: {', '.join(kinds[:5])}; extract decodes "
+            "what Pillow can and records the rest as failures)")
 
 
 def _n_classes(values: pd.Series) -> int:
@@ -223,8 +391,9 @@ def infer_config(
 
     Returns the config and human-readable notes about each inference.
     """
-    frame = _read_csv(manifest)
-    notes: list[str] = []
+    table = _read_csv(manifest)
+    frame = table.frame
+    notes: list[str] = [] if table.delimiter == "," else [f"delimiter: {table.delimiter!r} (sniffed)"]
     columns = list(frame.columns)
 
     def check(col: str | None, what: str) -> None:
@@ -238,16 +407,15 @@ def infer_config(
         check(task, "task")
 
     if image_column is None:
-        candidates = [c for c in columns if _looks_like_paths(frame[c])]
-        preferred = [c for c in candidates if c.lower() in ("image", "path", "file", "filename", "image_path")]
-        pick = (preferred or candidates or [None])[0]
+        named = [c for c in columns if c.lower() in _IMAGE_COLUMN_NAMES and _looks_like_paths(frame[c], named=True)]
+        pick = (named or [c for c in columns if _looks_like_paths(frame[c])] or [None])[0]
         if pick is None:
             raise FeatkitError(
-                f"cannot tell which column of {manifest.name} holds image paths; pass --image-column "
-                f"(columns: {', '.join(columns)})"
+                f"cannot tell which column of {manifest.name} holds image paths (none has mostly "
+                f"{', '.join(IMAGE_EXTENSIONS)} files); pass --image-column (columns: {', '.join(columns)})"
             )
         image_column = pick
-        notes.append(f"image column: {image_column!r}")
+        notes.append(f"image column: {image_column!r}{_unknown_extensions(frame[image_column])}")
     if split is None:
         for col in columns:
             values = set(frame[col].str.strip().str.lower()) - {""}
@@ -280,9 +448,12 @@ def infer_config(
         rel_manifest = manifest.resolve().relative_to(root)
     except ValueError:
         rel_manifest = manifest.resolve()
+    if name is None:
+        name = slug(manifest.resolve().parent.name or "collection")
+        notes.append(f"collection name: {name!r} (its folder's name; --name to choose another)")
     config = Config(
         root=root,
-        name=name or (manifest.resolve().parent.name or "collection"),
+        name=safe_name(name, what="collection name"),
         manifest=rel_manifest,
         image_column=image_column,
         tasks=tuple(tasks),

@@ -17,6 +17,7 @@ import pandas as pd
 from featkit.embeddings import Embeddings
 from featkit.errors import FeatkitError
 from featkit.explore.neighbors import pairs_above
+from featkit.paths import EXPLORE_ELSEWHERE, new_file
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,8 @@ def find_duplicates(emb: Embeddings, *, settings: DuplicateSettings = DuplicateS
     frame["leak_reason"] = reasons
     frame["label_conflict"] = label_conflicts(i, j, {t: emb.labels(t) for t in emb.tasks})
     out = Path(out) if out else emb.explore_dir
-    out.mkdir(parents=True, exist_ok=True)
     csv = out / "duplicates.csv"
-    frame.to_csv(csv, index=False)
+    with new_file(csv, fix=EXPLORE_ELSEWHERE) as tmp:
+        frame.to_csv(tmp, index=False)
     return DuplicateReport(key=key, n_images=len(emb), threshold=settings.threshold, pairs=frame,
                            truncated=truncated, csv=csv)

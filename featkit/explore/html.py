@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from featkit.explore.plots import UNKNOWN_COLOUR, data_uri, palette, thumbnail
+from featkit.paths import EXPLORE_ELSEWHERE, new_file
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
@@ -165,6 +166,6 @@ def umap_html(path: Path, *, coords: np.ndarray, ids: Sequence[str], labels: dic
     thumbs = sample_thumbnails(paths, max_thumbnails=max_thumbnails, size=thumb_size, seed=seed)
     page = render_page(page_data(coords=coords, ids=ids, labels=labels, thumbs=thumbs, title=title))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    with new_file(path, fix=EXPLORE_ELSEWHERE) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return path, len(thumbs)

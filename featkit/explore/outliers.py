@@ -22,7 +22,7 @@ from featkit.embeddings import Embeddings, group_codes
 from featkit.errors import FeatkitError, choices_message
 from featkit.explore.neighbors import cosine_knn
 from featkit.explore.plots import gallery_png
-from featkit.paths import slug
+from featkit.paths import EXPLORE_ELSEWHERE, new_file, slug
 
 OUTLIER_METHODS = ("knn", "lof")
 
@@ -123,11 +123,11 @@ def find_outliers(emb: Embeddings, task: str, *, settings: OutlierSettings = Out
         raise FeatkitError(f"no image of task {task!r} could be scored: each class needs at least two images "
                            "(outside one group)")
     out = Path(out) if out else emb.explore_dir
-    out.mkdir(parents=True, exist_ok=True)
     report = OutlierReport(key=key, task=task, method=settings.method, scores=frame, top=settings.top)
     top = report.top_rows
     report.csv = out / f"outliers_{slug(task)}.csv"
-    top.to_csv(report.csv, index=False)
+    with new_file(report.csv, fix=EXPLORE_ELSEWHERE) as tmp:
+        top.to_csv(tmp, index=False)
     if settings.gallery:
         paths, captions, width = _gallery_cells(top, settings.columns)
         report.gallery = gallery_png(paths, captions, out / f"outliers_{slug(task)}.png",

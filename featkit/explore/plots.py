@@ -19,6 +19,7 @@ from PIL import Image
 
 from featkit.data.images import ImageLoadError, load_image
 from featkit.errors import FeatkitError
+from featkit.paths import EXPLORE_ELSEWHERE, new_file
 
 PLOT_EXTRA = "plot"
 UNKNOWN_COLOUR = "#c8c8c8"
@@ -99,8 +100,8 @@ def scatter_png(coords: np.ndarray, labels: np.ndarray, path: Path, *, title: st
     """:func:`scatter_figure` saved as a PNG."""
     fig = scatter_figure(coords, labels, title=title, classes=classes)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    with new_file(path, fix=EXPLORE_ELSEWHERE) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     return path
 
 
@@ -152,6 +153,6 @@ def gallery_png(paths: Sequence[Path | None], captions: Sequence[str], path: Pat
     if title:
         fig.suptitle(title, fontsize=10)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    with new_file(path, fix=EXPLORE_ELSEWHERE) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     return path

@@ -27,10 +27,14 @@ class SimilarityIndex:
     def __init__(self, emb: Embeddings) -> None:
         self.emb = emb
         self.Xn = l2_normalize(emb.X)
-        self._row = {str(i): r for r, i in enumerate(emb.ids)}
+        self._order = np.argsort(emb.ids, kind="stable")  # ids stay a numpy array: lookups by binary search
 
     def row_of(self, image_id: str) -> int | None:
-        return self._row.get(str(image_id))
+        if not len(self._order):
+            return None
+        at = min(int(np.searchsorted(self.emb.ids, str(image_id), sorter=self._order)), len(self._order) - 1)
+        row = int(self._order[at])
+        return row if self.emb.ids[row] == str(image_id) else None
 
     def vector(self, query) -> tuple[np.ndarray, int | None]:
         """(query vector, its row when the query is a row of the group)."""

@@ -10,10 +10,11 @@ from featkit.finetune.runs import run_paths
 from featkit.finetune.settings import FinetuneSettings
 from featkit.finetune.splits import Split
 from featkit.finetune.train import finetune
+from featkit.paths import slug
 
 
 def single_run_name(run: str, task: str) -> str:
-    return f"{run}.single-{task}"
+    return slug(f"{run}.single-{task}")  # the task is a manifest column: any characters
 
 
 def compare_single_multi(config: Config, collection: Manifest, *, settings: FinetuneSettings,

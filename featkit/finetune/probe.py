@@ -55,7 +55,9 @@ def probe(store: FeatureStore, key: str, manifest: Manifest, task: str, split: S
 
     ``eval_settings`` are fit's (e.g. ``params={"C": (0.01,)}`` fixes C instead of searching it).
     """
-    data = load_embeddings(store, manifest, key).task(task, min_classes=1)
+    # the head trains on the run's train + val rows (the trunk saw them: fine for training) and is scored on its
+    # test rows only, which the trunk never saw
+    data = load_embeddings(store, manifest, key).task(task, min_classes=1, include_trunk_training=True)
     position = manifest.index_of(data.ids)
     train = np.isin(position, np.concatenate([split.train, split.val]))
     test = np.isin(position, split.test)

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from featkit.config import Config
 from featkit.errors import FeatkitError
 from featkit.finetune.settings import (RESUMABLE_CHANGES, Augment, FinetuneSettings, parse_cascade,
                                        parse_task_weights)
+from featkit.paths import new_file
 
 VARIANT_PREFIX = "finetuned-"
 
@@ -58,9 +58,8 @@ def list_runs(config: Config) -> list[str]:
 
 def atomic_save(obj, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with new_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -122,7 +121,7 @@ def settings_from_flags(config: Config, *, resume: bool = False, **flags) -> Fin
     if "task_weights" in given:
         given["task_weights"] = parse_task_weights(given["task_weights"])
     if resume:
-        run = given.get("run") or "+".join(given.get("tasks", config.tasks))
+        run = given.get("run") or FinetuneSettings(tasks=tuple(given.get("tasks", config.tasks))).run_name
         path = run_paths(config, run).settings
         if not path.is_file():
             raise FeatkitError(f"no fine-tuning run {run!r} to resume in {config.finetune_dir}; runs there: "

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from featkit.errors import FeatkitError, choices_message
 from featkit.extract.settings import DEVICES, PRECISIONS
+from featkit.paths import safe_name, slug
 
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "step", "constant")
@@ -21,9 +21,6 @@ AUGMENTATIONS = ("hflip", "rotation", "jitter", "crop", "erasing")
 # (tasks, backbone, optimiser, schedule shape, losses, augmentations) must match.
 RESUMABLE_CHANGES = frozenset({"epochs", "patience", "min_delta", "device", "precision", "workers", "progress",
                                "cache_images"})
-
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
-
 
 @dataclass(frozen=True)
 class Augment:
@@ -110,7 +107,7 @@ class FinetuneSettings:
 
     @property
     def run_name(self) -> str:
-        return self.run or "+".join(self.tasks)
+        return self.run or slug("+".join(self.tasks))  # task names are data: made a safe folder name
 
     def task_weight(self, task: str) -> float:
         return dict(self.task_weights).get(task, 1.0)
@@ -124,8 +121,7 @@ class FinetuneSettings:
             raise FeatkitError("no tasks to fine-tune; pass --tasks a,b (columns of the manifest)")
         if len(set(self.tasks)) != len(self.tasks):
             raise FeatkitError(f"tasks repeat: {', '.join(self.tasks)}")
-        if not _RUN_NAME.match(self.run_name) or ".." in self.run_name:
-            raise FeatkitError(f"run name {self.run_name!r} must be letters, digits and _ . + = - (no '/')")
+        safe_name(self.run_name, what="fine-tuning run name (--run)")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "step_size": self.step_size}
         for name, value in positive.items():
             if value <= 0:

@@ -24,6 +24,7 @@ import torch
 
 from featkit.backbones import create_backbone
 from featkit.config import Config
+from featkit.data.corrections import corrections_report
 from featkit.data.manifest import Manifest
 from featkit.errors import FeatkitError
 from featkit.extract.runtime import autocast, resolve_device, resolve_precision
@@ -332,6 +333,7 @@ class Trainer:
             "split": {**self.split.sizes(), "source": self.split.source}, "blocks": len(self.blocks),
             "preprocess": self.pre.to_dict(), "device": str(self.device), "precision": self.precision,
             "uncertainty_weights": self.criterion.uncertainty_weights(),
+            "corrections": corrections_report(self.collection.corrections, s.tasks),
             "failures": [{"id": i, "error": e} for i, e in sorted(self.failures.items())],
             "seconds_this_session": round(time.perf_counter() - self.started, 1),
             "dir": str(self.paths.dir), "trunk": str(self.paths.trunk), "curves": str(self.paths.curves),

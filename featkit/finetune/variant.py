@@ -13,13 +13,13 @@ from featkit.backbones.weights import file_sha256
 from featkit.config import Config
 from featkit.errors import FeatkitError
 from featkit.finetune.runs import VARIANT_PREFIX, list_runs, load_checkpoint, run_paths
-from featkit.paths import slug
+from featkit.paths import is_safe
 
 
 def load_finetuned_backbone(arch: str, variant: str, *, config: Config) -> Backbone:
     """The trunk saved by run ``variant[len("finetuned-"):]``, with its preprocessing and sha256."""
     run = variant[len(VARIANT_PREFIX):]
-    paths = run_paths(config, run) if run and slug(run, fallback="") == run else None
+    paths = run_paths(config, run) if is_safe(run) else None
     if paths is None or not paths.trunk.is_file():
         finished = [r for r in list_runs(config) if run_paths(config, r).trunk.is_file()]
         raise FeatkitError(
@@ -50,7 +50,7 @@ def trunk_training_ids(variant: str, *, config: Config) -> list[str]:
     import json
 
     run = variant[len(VARIANT_PREFIX):]
-    path = run_paths(config, run).split if run and slug(run, fallback="") == run else None
+    path = run_paths(config, run).split if is_safe(run) else None
     if path is None or not path.is_file():
         raise FeatkitError(f"no split file for fine-tuning run {run!r} ({path}); without it featkit cannot tell "
                            "which images the trunk trained on, so it will not evaluate on its features")
