@@ -7,8 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import (ConfigOpt, JsonOpt, NoCorrectionsOpt, choice, console, err_console, friendly,
-                      open_collection, print_json)
+from ._common import ConfigOpt, JsonOpt, NoCorrectionsOpt, choice, console, friendly, open_collection, print_json
 from featkit.backbones import check_backbone_name
 from featkit.data.splits import SPLIT_MODES
 from featkit.heads import list_heads, rebalance_choices
@@ -64,7 +63,7 @@ def fit(
             if status is not None:
                 status.update(f"fitting {clf} on {name}: {message} ({done}/{total} steps)")
             elif not json_out:
-                err_console.print(f"{name} {clf}: {message}", highlight=False, soft_wrap=True)
+                console.print(f"{name} {clf}: {message}", highlight=False, soft_wrap=True)
         results = fit_tasks(emb, task, clf, settings=settings, progress=progress)
     several = len(results) > 1
     for r in results:

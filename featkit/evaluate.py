@@ -387,10 +387,12 @@ def tune(clf: str, pipe, *, X: np.ndarray, y: np.ndarray, groups: np.ndarray | N
     """Fit ``pipe`` on (X, y), choosing searched hyperparameters inside this data only.
 
     ``need_oof``: also keep the out-of-fold responses a calibrator is fitted on (the
-    inner search's; with everything fixed, inner folds are fitted for them alone).
+    inner search's; with everything fixed, inner folds are fitted for them alone) —
+    unless ``settings.calibration`` is "none", which needs none.
     """
     spec = get_head_spec(clf)
     fixed, searched = split_params(spec, settings.params)
+    need_oof = need_oof and calibration_candidates(clf, settings.calibration)[1] != ["none"]
     try:
         return _TUNERS[spec.tuning](spec, pipe, X, y, groups, fixed=fixed, searched=searched, settings=settings,
                                     need_oof=need_oof)
@@ -432,6 +434,8 @@ def calibrate(clf: str, tuned: Tuned, *, X: np.ndarray, y: np.ndarray, groups: n
     Returns (model, how it was chosen, {method: model} for every candidate, for comparing them on test rows).
     """
     base, candidates = calibration_candidates(clf, settings.calibration)
+    if candidates == ["none"]:
+        return tuned.pipeline, {"method": "none", "why": "none (as requested)", "base": base}, {"none": tuned.pipeline}
     oof = tuned.oof
     if oof is None:  # too few rows for any inner fold
         if base == "none":
@@ -576,12 +580,15 @@ def out_of_fold_proba(
     rebalance: str = "auto",
     pca: int | None = None,
     params: Mapping[str, Sequence] | None = None,
+    calibration: str | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Probabilities for every row from a model that never saw it (label-issue finding).
 
     Folds are group-aware when ``groups`` is given; hyperparameters are tuned inside each
     training fold. Every row is predicted exactly once; a class absent from a training
-    fold gets probability 0 there. Returns ``(proba (n, n_classes), classes)``.
+    fold gets probability 0 there. ``calibration`` None: the head's own probabilities
+    (linsvc: sigmoid), those label issues were measured with. Returns ``(proba (n,
+    n_classes), classes)``.
     """
     X = np.asarray(X, dtype=np.float32)
     y = check_labels(y)
@@ -591,6 +598,7 @@ def out_of_fold_proba(
         raise FeatkitError(f"a classifier needs at least 2 classes; labels hold only {sorted(set(y.tolist()))}")
     groups_arr = None if groups is None else np.asarray(groups, dtype=object)
     settings = EvalSettings(cv=cv, seed=seed, rebalance=rebalance, pca=pca,
+                            calibration=calibration or get_head_spec(clf).base_calibration,
                             params={k: tuple(v) if isinstance(v, (list, tuple)) else (v,)
                                     for k, v in (params or {}).items()})
     splits = evaluation_splits(y, groups_arr, cv=cv, mode="group" if groups_arr is not None else "stratified",
