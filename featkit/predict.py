@@ -135,10 +135,17 @@ def review_threshold(model: LoadedModel, settings: PredictSettings) -> dict:
 
     if settings.review_below is not None:
         return {"threshold": settings.review_below, "how": f"--review-below {settings.review_below:g}"}
-    saved = model.meta.get("review") or {}
+    saved = model.meta.get("review")
+    if saved is None or "out_of_fold" not in model.meta:  # saved by a featkit before review thresholds
+        if settings.min_precision is not None:
+            raise FeatkitError(f"model {model.folder} records no out-of-fold predictions to set a threshold from "
+                               "(fitted by an older featkit); refit it, or pass --review-below CONFIDENCE")
+        return {"threshold": None, "min_precision": None,
+                "how": "the model records no review threshold (fitted by an older featkit): every prediction is "
+                       "marked for review; refit it, or pass --review-below CONFIDENCE"}
     if settings.min_precision is None:
-        return {"threshold": saved.get("threshold"), "min_precision": saved.get("min_precision"),
-                "how": f"the fit's review threshold (out-of-fold precision ≥ {saved.get('min_precision'):g})"}
+        return {"threshold": saved["threshold"], "min_precision": saved["min_precision"],
+                "how": f"the fit's review threshold (out-of-fold precision ≥ {saved['min_precision']:g})"}
     oof = model.meta["out_of_fold"]
     found = from_out_of_fold(np.asarray(oof["confidence"], dtype=float), np.asarray(oof["correct"], dtype=bool),
                              settings.min_precision)

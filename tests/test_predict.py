@@ -137,6 +137,14 @@ def test_predictions_below_the_review_threshold_are_marked_and_counted(glaze_mod
     both = runner.invoke(app, ["predict", "--model", str(folder), str(images[0]), "--review-below", "0.5",
                                "--min-precision", "0.9", "--config", str(config.root)])
     assert both.exit_code == 2 and "not both" in both.output
+    old = tmp_path / "old-model"  # saved by a featkit before review thresholds: said, never guessed
+    shutil.copytree(folder, old)
+    meta = json.loads((old / "model.json").read_text())
+    del meta["review"], meta["out_of_fold"]
+    (old / "model.json").write_text(json.dumps(meta))
+    assert col.predict(images[:3], model=old)["glaze:needs_review"].all()
+    with pytest.raises(FeatkitError, match="older featkit.*--review-below"):
+        col.predict(images[:3], model=old, min_precision=0.9)
 
 
 def test_a_model_from_another_feature_space_is_refused(glaze_model, tmp_path):
