@@ -45,6 +45,26 @@ def test_fit_exactly_as_written_from_the_collection_folder(demo_store, monkeypat
     preds = pd.read_csv(run / "predictions.csv")
     assert len(preds) == 80 and set(preds["fold"]) == set(range(5))
     assert "balanced acc" in result.output
+    # calibration and trust: ECE before/after, the diagram, risk-coverage, the review threshold
+    assert (run / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cal = report["calibration"]
+    assert report["metrics"]["ece"] == cal["ece_after"] and 0 <= cal["ece_after"] <= 1 and len(cal["folds"]) == 5
+    coverage = report["risk_coverage"]
+    assert coverage[0]["kept"] == 80 and [r["kept"] for r in coverage] == sorted((r["kept"] for r in coverage),
+                                                                               reverse=True)
+    review = report["review"]
+    assert review["sent_to_review"] == int(preds["needs_review"].sum())
+    if review["threshold"] is not None:  # the CSV keeps 5 decimals
+        assert (preds["confidence"][preds["needs_review"]] <= review["threshold"] + 1e-5).all()
+        assert (preds["confidence"][~preds["needs_review"]] >= review["threshold"] - 1e-5).all()
+    # rounds: what each fold chose, what the saved model uses, why; the whole wall time; progress as plain lines
+    rounds = report["hyperparameters"]["n_estimators"]
+    assert rounds["folds"] == [f["params"]["n_estimators"] for f in report["folds"]]
+    assert rounds["model"] == report["model"]["params"]["n_estimators"] and "early stopping" in rounds["why"]
+    assert report["fit_seconds"] >= report["folds_seconds"] + report["model"]["fit_seconds"]
+    assert "glaze lgbm: fold 1/5" in result.output and "glaze lgbm: refit on all 80 rows" in result.output
+    text = (run / "report.md").read_text()
+    assert "Risk–coverage" in text and "review threshold" in text and "## Hyperparameters" in text
 
 
 def test_fit_all_tasks_with_smote_json(demo_store, tmp_path):
@@ -195,3 +215,19 @@ def test_twelve_images_in_three_classes_fit_with_two_folds(demo_store, tmp_path,
         assert "no 2 inner folds keep every class in training" in tuning and "the middle of the grid" in tuning
         assert any("the middle of the grid" in w for w in report["warnings"])
     assert (tmp_path / "run" / "model.skops").is_file() and report["review"]["n"] == 12
+
+
+def test_each_folds_c_and_the_saved_models_c_are_listed_with_why(demo_store, tmp_path):
+    config, _ = demo_store
+    out = invoke("fit", "--task", "glaze", "--cv", "3", "--out", str(tmp_path / "run"), "--config", str(config.root),
+                 "--json")
+    report = json.loads(out.output)
+    c = report["hyperparameters"]["C"]
+    assert c["folds"] == [f["params"]["C"] for f in report["folds"]] and len(c["folds"]) == 3
+    assert c["model"] == report["model"]["params"]["C"] == json.loads((tmp_path / "run" / "model.json").read_text()
+                                                                      )["params"]["C"]
+    if set(c["folds"]) == {c["model"]}:
+        assert c["why"] == f"every fold and the saved model chose C={c['model']:g}"
+    else:  # names the values the folds chose and the saved model's
+        assert f"chose {c['model']:g}" in c["why"] and all(f"{v:g} (" in c["why"] for v in c["folds"])
+    assert f"- **C**: {c['why']}" in (tmp_path / "run" / "report.md").read_text()

@@ -207,6 +207,6 @@ def review_threshold(confidence: np.ndarray, correct: np.ndarray, min_precision:
                 "reached": False}
     best = reach[-1]  # the most rows kept (lowest confidence) that still reach the target
     k = int(kept[best])
-    return {**block, "threshold": round(float(conf[last_of_value][best]), 6), "kept": k,
+    return {**block, "threshold": float(conf[last_of_value][best]), "kept": k,
             "coverage": round(k / n, 4), "precision_kept": round(float(precision[best]), 4),
             "sent_to_review": n - k, "reached": True}
