@@ -23,7 +23,7 @@ from featkit.finetune.settings import parse_cascade, parse_task_weights
 from featkit.finetune.splits import make_split
 
 # A tiny, fast, deterministic configuration: 64-px crops, last 3 MobileNetV2 blocks, no augmentation.
-QUICK = FinetuneSettings(tasks=("glaze", "form"), epochs=3, batch_size=16, image_size=64, train_blocks=3, lr=3e-3,
+QUICK = FinetuneSettings(tasks=("glaze", "form"), epochs=3, batch_size=16, image_size=64, train_blocks=3, lr=3e-3, trunk_lr_scale=0.1,
                          warmup_epochs=0, schedule="constant", augment=Augment.from_names(()), patience=0,
                          precision="fp32", workers=0, cache_images=True, progress=False)
 

@@ -34,7 +34,7 @@ def _bench():
 @pytest.mark.slow
 def test_clothing_finetune_against_frozen_probe(tmp_path, capsys):
     source = dataset_dir("clothing")
-    config = _bench().subset_collection(tmp_path, images=240, seed=1, source=source)
+    config = _bench().subset_collection(tmp_path, "clothing", max_images=240, seed=1, source_dir=source)
     collection = load_manifest(config)
     settings = FinetuneSettings(tasks=("label", "kids"), run="ci", epochs=2, image_size=96, train_blocks=3,
                                 class_weights="balanced", warmup_epochs=0, patience=0, workers=0, progress=False)

@@ -77,7 +77,10 @@ class FinetuneSettings:
     batch_size: int = 32
     optimizer: str = "adamw"
     lr: float = 1e-3  # heads; the trunk gets lr * trunk_lr_scale
-    trunk_lr_scale: float = 0.1
+    # 0.3: the trunk at 3e-4, as a plain AdamW recipe. At 0.1 (1e-4) the trunk barely moved in a short run:
+    # held-out balanced accuracy 0.889 -> 0.949 (porcelain dynasty), 0.586 -> 0.73 (stylised shapes), see
+    # benchmarks/README.md "Fine-tuning defaults"
+    trunk_lr_scale: float = 0.3
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup_epochs: int = 1
