@@ -63,7 +63,8 @@ def response_labels(scores: np.ndarray, classes: Sequence[str], *, decision: boo
 
 
 # -- fitting -----------------------------------------------------------------------------
-def calibrated(fitted, scores: np.ndarray, y: np.ndarray, method: str) -> Any:
+def calibrated(fitted, scores: np.ndarray, y: np.ndarray, method: str,
+               sample_weight: np.ndarray | None = None) -> Any:
     """``fitted`` with ``method`` calibrators fitted on out-of-fold ``scores`` of rows labelled ``y``.
 
     ``method`` "none" returns ``fitted`` itself. The result is a fitted
@@ -75,7 +76,7 @@ def calibrated(fitted, scores: np.ndarray, y: np.ndarray, method: str) -> Any:
     target = np.searchsorted(classes, y) if method == "temperature" else np.asarray(y)  # temperature: encoded
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # isotonic/sigmoid on a class with no positives here
-        pair = _fit_calibrator(fitted, scores, target, classes, method, np)
+        pair = _fit_calibrator(fitted, scores, target, classes, method, np, sample_weight=sample_weight)
     model = CalibratedClassifierCV(FrozenEstimator(fitted), method=method, ensemble=False)
     model.calibrated_classifiers_ = [pair]
     model.classes_ = classes
@@ -85,11 +86,13 @@ def calibrated(fitted, scores: np.ndarray, y: np.ndarray, method: str) -> Any:
 
 
 def _probabilities(method: str, scores: np.ndarray, own_proba: np.ndarray | None, *, decision: bool,
-                   classes: np.ndarray, fit_rows: np.ndarray, y_fit: np.ndarray) -> np.ndarray:
+                   classes: np.ndarray, fit_rows: np.ndarray, y_fit: np.ndarray,
+                   weight: np.ndarray | None) -> np.ndarray:
     """Probabilities of every row from a ``method`` calibrator fitted on ``fit_rows`` only."""
     if method == "none":
         return own_proba
-    return calibrated(_Responses(classes, decision), scores[fit_rows], y_fit, method).predict_proba(scores)
+    return calibrated(_Responses(classes, decision), scores[fit_rows], y_fit, method,
+                      None if weight is None else weight[fit_rows]).predict_proba(scores)
 
 
 class _Responses(ClassifierMixin, BaseEstimator):
@@ -113,7 +116,8 @@ class _Responses(ClassifierMixin, BaseEstimator):
 
 
 def choose_calibration(scores: np.ndarray, y: np.ndarray, *, decision: bool, own_proba: np.ndarray | None,
-                       base: str, candidates: Sequence[str],
+                       base: str, candidates: Sequence[str], classes: np.ndarray,
+                       base_weight: np.ndarray | None,
                        halves: list[tuple[np.ndarray, np.ndarray]] | None) -> dict:
     """The calibration method for out-of-fold ``scores`` of rows labelled ``y`` (see the module docstring).
 
@@ -121,7 +125,9 @@ def choose_calibration(scores: np.ndarray, y: np.ndarray, *, decision: bool, own
     head's own probabilities of those rows (None when it has none);
     ``base``: the method that stands for "uncalibrated" ("none", or "sigmoid" for a head
     without probabilities); ``halves``: two (fit, score) splits of the rows, group-aware
-    where the rows are grouped (None: too few rows to split). Returns ``{"method", "why",
+    where the rows are grouped (None: too few rows to split); ``classes``: the head's
+    (some may be absent from these rows); ``base_weight``: row weights for the base
+    calibrator (see :func:`featkit.evaluate.calibrate`). Returns ``{"method", "why",
     "cross_fitted": {method: {"ece", "balanced_accuracy"}}}``.
     """
     if len(candidates) == 1:
@@ -129,16 +135,18 @@ def choose_calibration(scores: np.ndarray, y: np.ndarray, *, decision: bool, own
     if halves is None or len(y) < MIN_ROWS:
         return {"method": base, "why": f"{base}: {len(y)} out-of-fold rows are too few to choose a calibration",
                 "cross_fitted": {}}
-    classes = np.unique(y)
     y_idx = np.searchsorted(classes, y)
     results = {}
     for method in candidates:
         proba = np.zeros((len(y), len(classes)))
         for fit_rows, score_rows in halves:
             proba[score_rows] = _probabilities(method, scores, own_proba, decision=decision, classes=classes,
-                                               fit_rows=fit_rows, y_fit=y[fit_rows])[score_rows]
-        results[method] = {"ece": round(expected_calibration_error(proba, y_idx), 4),
-                           "balanced_accuracy": round(float(balanced_accuracy_score(y_idx, proba.argmax(1))), 4)}
+                                               fit_rows=fit_rows, y_fit=y[fit_rows],
+                                               weight=base_weight if method == base else None)[score_rows]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a class of the head absent from these rows
+            bal = float(balanced_accuracy_score(y_idx, proba.argmax(1)))
+        results[method] = {"ece": round(expected_calibration_error(proba, y_idx), 4), "balanced_accuracy": round(bal, 4)}
     floor = results[base]["balanced_accuracy"] - MAX_BALANCED_ACCURACY_LOSS
     allowed = [m for m in candidates if results[m]["balanced_accuracy"] >= floor]
     method = min(allowed, key=lambda m: (results[m]["ece"], METHODS.index(m)))
