@@ -15,7 +15,9 @@ with the lowest expected calibration error wins, among those that cost at most
 :data:`MAX_BALANCED_ACCURACY_LOSS` balanced accuracy (sigmoid and isotonic calibrate
 each class on its own and can move decisions; temperature scaling never does).
 Calibrators are fitted on the rows as they are, unweighted: the probabilities say how
-often a prediction is right on data like the collection's.
+often a prediction is right on data like the collection's. The one exception is the base
+of a rebalanced head without probabilities of its own (linsvc's sigmoid), fitted with
+balanced row weights so that it decides as the head does (``base_weight``).
 
 The rest measures trust: :func:`expected_calibration_error` (top-label ECE, 15 equal
 bins), :func:`reliability` (the diagram's bins), :func:`risk_coverage` (kept
