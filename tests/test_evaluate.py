@@ -247,3 +247,19 @@ def test_a_best_c_at_the_edge_grows_the_grid_and_a_given_grid_warns_naming_the_f
     assert tuned.params["C"] == 1e-3 and "extended" not in tuned.detail
     (warning,) = tuned.warnings
     assert "C=0.001 is the highest value searched" in warning and "--param C=0.0001,0.001,0.01,0.1" in warning
+
+
+def test_calibration_is_chosen_when_a_class_of_the_head_is_absent_from_its_out_of_fold_rows():
+    from featkit.heads.calibration import choose_calibration
+
+    rng = np.random.default_rng(0)
+    y = np.array(["a", "b"] * 60, dtype=object)  # the head also knows "c" (lgbm's validation split missed it)
+    proba = rng.dirichlet([1, 1, 1], size=120)
+    proba[:, 0] += (y == "a") * 2
+    proba /= proba.sum(axis=1, keepdims=True)
+    halves = [(np.arange(60), np.arange(60, 120)), (np.arange(60, 120), np.arange(60))]
+    choice = choose_calibration(proba, y, decision=False, own_proba=proba, base="none",
+                                candidates=["none", "temperature", "isotonic"], classes=np.array(["a", "b", "c"]),
+                                base_weight=None, halves=halves)
+    assert choice["method"] in ("none", "temperature", "isotonic") and set(choice["cross_fitted"]) == {
+        "none", "temperature", "isotonic"}
