@@ -11,6 +11,7 @@ from ._common import ConfigOpt, JsonOpt, NoCorrectionsOpt, choice, console, frie
 from featkit.backbones import check_backbone_name
 from featkit.data.splits import SPLIT_MODES
 from featkit.heads import list_heads, rebalance_choices
+from featkit.heads.registry import CALIBRATIONS
 
 
 @friendly
@@ -32,8 +33,14 @@ def fit(
                               callback=choice("split mode", SPLIT_MODES)),
     param: list[str] = typer.Option(None, "--param", "-p", help="Hyperparameter NAME=V or NAME=V1,V2 (searched), "
                                                                 "e.g. C=0.1 or num_leaves=7,15,31."),
+    calibration: str = typer.Option("auto", help=f"{', '.join(CALIBRATIONS)} (auto: the one with the lowest ECE "
+                                                 "on out-of-fold training rows).",
+                                    callback=choice("calibration", CALIBRATIONS)),
+    min_precision: float = typer.Option(0.95, "--min-precision", min=0.0, max=1.0,
+                                        help="Review threshold: the lowest confidence whose out-of-fold "
+                                             "predictions reach this precision."),
     seed: int = typer.Option(0, help="Seed for folds, samplers and models."),
-    jobs: int = typer.Option(None, "--jobs", "-j", min=1, help="Threads (default: lgbm 1, linear heads BLAS's)."),
+    jobs: int = typer.Option(None, "--jobs", "-j", min=1, help="Threads (default 1: fastest on a shared machine)."),
     no_model: bool = typer.Option(False, "--no-model", help="Evaluate only; skip the final refit and saved model."),
     out: Path = typer.Option(None, "--out", help="Run folder (default: runs/<task>-<clf>-<backbone>-<variant>-<time>)."),
     no_corrections: bool = NoCorrectionsOpt,
@@ -46,13 +53,17 @@ def fit(
     from featkit.paths import slug
 
     settings = FitSettings(cv=cv, inner_cv=inner_cv, split=split, rebalance=rebalance, pca=pca, seed=seed,
-                           n_jobs=jobs, params=parse_params(param or [], clf), refit=not no_model)
+                           n_jobs=jobs, params=parse_params(param or [], clf), refit=not no_model,
+                           calibration=calibration, min_precision=min_precision)
     col = open_collection(config_dir, corrections=not no_corrections)
     emb = col.embeddings(backbone, variant)
-    with console.status(f"fitting {clf}") if not json_out else contextlib.nullcontext() as status:
-        def progress(name: str, done: int, total: int) -> None:
+    live = console.is_terminal and not json_out  # a terminal: one live status line; a log: one plain line per step
+    with console.status(f"fitting {clf}") if live else contextlib.nullcontext() as status:
+        def progress(name: str, done: int, total: int, message: str) -> None:
             if status is not None:
-                status.update(f"fitting {clf} on {name}: fold {done}/{total} done")
+                status.update(f"fitting {clf} on {name}: {message} ({done}/{total} steps)")
+            elif not json_out:
+                console.print(f"{name} {clf}: {message}", highlight=False, soft_wrap=True)
         results = fit_tasks(emb, task, clf, settings=settings, progress=progress)
     several = len(results) > 1
     for r in results:
@@ -70,6 +81,15 @@ def fit(
         if rep["corrections"]["applied"]:
             console.print(f"  labels: {rep['corrections']['applied']} changed by {rep['corrections']['file']}",
                           highlight=False)
+        cal, review = rep["calibration"], rep["review"]
+        console.print(f"  calibration {cal['chosen']}: ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f}; "
+                      + (f"review below confidence {review['threshold']:.3f}: {review['kept']} of {review['n']} "
+                         f"out-of-fold predictions kept at precision {review['precision_kept']:.3f}"
+                         if review["threshold"] is not None else
+                         f"precision {review['min_precision']:g} is never reached: every prediction needs review"),
+                      highlight=False)
+        for name, entry in rep["hyperparameters"].items():
+            console.print(f"  {name}: {entry['why']}", highlight=False)
         for warning in rep["warnings"]:
             console.print(f"  [yellow]warning[/] {warning}", highlight=False)
         console.print(f"  → {r.run_dir}")

@@ -33,19 +33,28 @@ FORMAT = "featkit-head/1"
 # Types beyond skops' defaults that featkit heads contain; nothing else is loaded.
 TRUSTED_TYPES = (
     "collections.OrderedDict",
-    "featkit.heads.calibration.BalancedCalibratedClassifierCV",
+    "featkit.heads.svm.PrimalLinearSVC",
     "imblearn.over_sampling._random_over_sampler.RandomOverSampler",
     "imblearn.over_sampling._smote.base.SMOTE",
     "imblearn.pipeline.Pipeline",
     "imblearn.under_sampling._prototype_selection._random_under_sampler.RandomUnderSampler",
     "lightgbm.basic.Booster",
     "lightgbm.sklearn.LGBMClassifier",
+    "sklearn.calibration.CalibratedClassifierCV",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
+    "sklearn.calibration._TemperatureScaling",
+    "sklearn.frozen._frozen.FrozenEstimator",
+    "sklearn.isotonic.IsotonicRegression",
     "sklearn.metrics._dist_metrics.EuclideanDistance64",
     "sklearn.neighbors._kd_tree.KDTree",
 )
 FEATURE_SPACE_KEYS = ("backbone", "variant", "weights", "weights_sha256", "preprocess_fingerprint", "dim")
+
+
+def probability_column(task: str, label: str) -> str:
+    """A class's probability column: the same name in fit's predictions.csv and in predict's output."""
+    return f"{task}:p:{label}"
 
 
 @dataclass

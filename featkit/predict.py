@@ -9,6 +9,13 @@ backbone, weights, preprocessing and test-time augmentation. A model whose featu
 space differs from the store's or from the backbone available here (other backbone,
 weights sha256, preprocessing fingerprint, dimension) is refused: its predictions would
 be meaningless.
+
+**Review.** Every prediction is marked ``needs_review`` when its confidence (top-class
+probability) is below the task's review threshold: the one its fit recorded (the
+lowest confidence at which the out-of-fold predictions reach precision 0.95), or one
+recomputed from the model's saved out-of-fold confidences for ``min_precision``, or
+``review_below`` as given. :attr:`PredictResult.review` says, per task, which
+threshold was used and how many predictions it sent to review.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from featkit.config import Config
 from featkit.data.manifest import IMAGE_EXTENSIONS, Manifest
 from featkit.errors import FeatkitError
 from featkit.extract.settings import ExtractSettings
-from featkit.modelio import FEATURE_SPACE_KEYS, LoadedModel, load_model
+from featkit.modelio import FEATURE_SPACE_KEYS, LoadedModel, load_model, probability_column
 from featkit.paths import new_file
 from featkit.store import FeatureStore
 
@@ -40,6 +47,17 @@ class PredictSettings:
     image_column: str | None = None  # for manifest inputs (default: the config's, else detected)
     use_store: bool = True  # reuse the collection store's rows when they match the model
     progress: bool = False
+    min_precision: float | None = None  # review below the confidence where out-of-fold precision reaches this
+    review_below: float | None = None  # review below this confidence (default: the threshold the fit recorded)
+
+    def validate(self) -> None:
+        if self.min_precision is not None and self.review_below is not None:
+            raise FeatkitError("give either min_precision (--min-precision) or review_below (--review-below), "
+                               "not both")
+        if self.min_precision is not None and not 0 < self.min_precision <= 1:
+            raise FeatkitError(f"min precision must be in (0, 1], got {self.min_precision}")
+        if self.review_below is not None and not 0 <= self.review_below <= 1:
+            raise FeatkitError(f"review below is a confidence in [0, 1], got {self.review_below}")
 
 
 @dataclass
@@ -50,22 +68,26 @@ class PredictResult:
     rows: list[dict]
     sources: dict = field(default_factory=dict)  # "store" / "embedded" / "failed" counts
     models: list[dict] = field(default_factory=list)
+    review: dict = field(default_factory=dict)  # task -> threshold used, how it was set, predictions sent to review
 
     def to_dict(self) -> dict:
-        return {"tasks": self.tasks, "models": self.models, "sources": self.sources, "predictions": self.rows}
+        return {"tasks": self.tasks, "models": self.models, "sources": self.sources, "review": self.review,
+                "predictions": self.rows}
 
     @property
     def frame(self) -> pd.DataFrame:
-        """One row per image: image, source, error, and per task its label, probability and ``<task>:<class>``."""
+        """One row per image: image, source, error, and per task ``<task>`` (the label), ``<task>:confidence``,
+        ``<task>:needs_review`` and ``<task>:p:<class>`` (the names of fit's predictions.csv)."""
         out = []
         for row in self.rows:
             flat = {"image": row["image"], "source": row["source"], "error": row["error"]}
             for m in self.models:
-                pred = row.get(m["task"])
-                flat[m["task"]] = pred["label"] if pred else None
-                flat[f"{m['task']}_probability"] = pred["probability"] if pred else np.nan
+                task, pred = m["task"], row.get(m["task"])
+                flat[task] = pred["label"] if pred else None
+                flat[f"{task}:confidence"] = pred["confidence"] if pred else np.nan
+                flat[f"{task}:needs_review"] = pred["needs_review"] if pred else None
                 for c in m["classes"]:
-                    flat[f"{m['task']}:{c}"] = pred["probabilities"].get(c, np.nan) if pred else np.nan
+                    flat[probability_column(task, c)] = pred["probabilities"].get(c, np.nan) if pred else np.nan
             out.append(flat)
         return pd.DataFrame(out)
 
@@ -105,6 +127,31 @@ def load_models(models: list) -> list[LoadedModel]:
         raise FeatkitError("one model per task, please; several predict " +
                            "; ".join(f"{t}: {', '.join(f)}" for t, f in clash.items()))
     return loaded
+
+
+def review_threshold(model: LoadedModel, settings: PredictSettings) -> dict:
+    """The confidence below which ``model``'s predictions need review, and how it was set."""
+    from featkit.heads.calibration import review_threshold as from_out_of_fold
+
+    if settings.review_below is not None:
+        return {"threshold": settings.review_below, "how": f"--review-below {settings.review_below:g}"}
+    saved = model.meta.get("review")
+    if saved is None or "out_of_fold" not in model.meta:  # saved by a featkit before review thresholds
+        if settings.min_precision is not None:
+            raise FeatkitError(f"model {model.folder} records no out-of-fold predictions to set a threshold from "
+                               "(fitted by an older featkit); refit it, or pass --review-below CONFIDENCE")
+        return {"threshold": None, "min_precision": None,
+                "how": "the model records no review threshold (fitted by an older featkit): every prediction is "
+                       "marked for review; refit it, or pass --review-below CONFIDENCE"}
+    if settings.min_precision is None:
+        return {"threshold": saved["threshold"], "min_precision": saved["min_precision"],
+                "how": f"the fit's review threshold (out-of-fold precision ≥ {saved['min_precision']:g})"}
+    oof = model.meta["out_of_fold"]
+    found = from_out_of_fold(np.asarray(oof["confidence"], dtype=float), np.asarray(oof["correct"], dtype=bool),
+                             settings.min_precision)
+    return {"threshold": found["threshold"], "min_precision": settings.min_precision,
+            "how": f"out-of-fold precision ≥ {settings.min_precision:g} on the fit's {found['n']} held-out "
+                   f"predictions (kept there: {found['kept']})"}
 
 
 def _space_key(model: LoadedModel) -> tuple:
@@ -263,7 +310,9 @@ def predict_images(models: list, inputs: list, *, manifest: Manifest | None = No
     ``models`` are run folders or fit results; ``manifest`` and ``store`` (a collection's)
     let images of the collection reuse their stored rows.
     """
+    settings.validate()
     loaded = load_models(list(models))
+    thresholds = {m.task: review_threshold(m, settings) for m in loaded}
     config = manifest.config if manifest is not None else None
     paths = resolve_inputs(inputs, image_column=settings.image_column or (config.image_column if config else None))
     rows = [{"image": _display(p), "error": None, "source": None} for p in paths]
@@ -293,15 +342,22 @@ def predict_images(models: list, inputs: list, *, manifest: Manifest | None = No
         for m in group:
             proba = m.pipeline.predict_proba(X)
             classes = [str(c) for c in m.pipeline.classes_]
+            threshold = thresholds[m.task]["threshold"]
             for i, p in zip(order, proba):
                 best = int(np.argmax(p))
-                rows[i][m.task] = {"label": classes[best], "probability": round(float(p[best]), 4),
+                rows[i][m.task] = {"label": classes[best], "confidence": round(float(p[best]), 4),
+                                   "needs_review": bool(threshold is None or p[best] < threshold),
                                    "probabilities": {c: round(float(v), 4) for c, v in zip(classes, p)}}
                 rows[i]["source"] = "embedded" if i in embedded_rows else "store"
     models_info = [{"folder": str(m.folder) if m.folder else None, "task": m.task, "clf": m.meta["clf"],
                     "classes": m.classes,
                     "feature_space": f"{m.feature_space['backbone']}/{m.feature_space['variant']}"} for m in loaded]
-    return PredictResult(tasks=[m.task for m in loaded], rows=rows, sources=counts, models=models_info)
+    review = {}
+    for task, found in thresholds.items():
+        marked = [row[task]["needs_review"] for row in rows if task in row]
+        review[task] = {**found, "predicted": len(marked), "sent_to_review": int(sum(marked))}
+    return PredictResult(tasks=[m.task for m in loaded], rows=rows, sources=counts, models=models_info,
+                         review=review)
 
 
 def _display(path: Path) -> str:
@@ -312,7 +368,7 @@ def _display(path: Path) -> str:
 
 
 def write_predictions_csv(result: PredictResult, path: Path) -> Path:
-    """``image, source, error`` and per task: label, probability, ``<task>:<class>`` columns."""
+    """:attr:`PredictResult.frame` as CSV."""
     with new_file(Path(path), fix="pass another -o") as tmp:
         result.frame.to_csv(tmp, index=False)
     return Path(path)

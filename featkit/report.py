@@ -1,8 +1,10 @@
-"""Run reports: the readable report and confusion-matrix PNG of one run, and the runs table.
+"""Run reports: the readable report, confusion-matrix and reliability PNGs of one run, and the runs table.
 
-``collect_runs`` reads every ``runs/*/report.json`` into rows (task × head × backbone ×
-rebalance) and marks the best run per task by balanced accuracy; ``write_runs_csv``
-saves them. Plotting uses matplotlib's Agg canvas directly (no pyplot, no display).
+``collect_runs`` reads every fit run's ``report.json`` under the runs folder and every
+fine-tuning run's (``runs/finetune/<run>/report.json``, one row per task) into rows
+(task × head × backbone/variant × rebalance) and marks the best run per task by
+balanced accuracy; ``write_runs_csv`` saves them. Plotting uses matplotlib's Agg canvas
+directly (no pyplot, no display).
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ from featkit.errors import FeatkitError
 from featkit.paths import RUNS_ELSEWHERE, new_file
 
 RUN_COLUMNS = ("run", "task", "clf", "backbone", "variant", "rebalance", "pca", "split", "n_test", "accuracy",
-               "balanced_accuracy", "macro_f1", "fit_seconds", "best")
+               "balanced_accuracy", "macro_f1", "ece", "review_threshold", "fit_seconds", "best")
+
+
+def title(report: dict) -> str:
+    """``task · head · backbone/variant``: every run's title names its variant."""
+    return f"{report['task']} · {report['clf']} · {report['backbone']}/{report['variant']}"
 
 
 def plot_confusion(report: dict, path: Path) -> Path:
@@ -47,9 +54,49 @@ def plot_confusion(report: dict, path: Path) -> Path:
                     ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize=7,
                             color="white" if rates[i, j] > 0.5 else "black")
     m = report["metrics"]
-    ax.set_title(f"{report['task']} · {report['clf']} · {report['backbone']}\n"
+    ax.set_title(f"{title(report)}\n"
                  f"balanced acc {m['balanced_accuracy']:.3f} · macro-F1 {m['macro_f1']:.3f} · "
                  f"acc {m['accuracy']:.3f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_reliability(report: dict, path: Path) -> Path:
+    """Reliability diagram of the out-of-fold predictions before and after calibration, with the review threshold."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cal = report["calibration"]
+    fig = Figure(figsize=(9.5, 4.4))
+    FigureCanvasAgg(fig)
+    ax, hist = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    for name, colour in (("before", "tab:orange"), ("after", "tab:blue")):
+        bins = cal["reliability"][name]
+        ece = cal[f"ece_{name}"]
+        label = f"{'before' if name == 'before' else 'after'} ({cal['base'] if name == 'before' else cal['chosen']}): " \
+                f"ECE {ece:.3f}"
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color=colour, ms=4,
+                label=label)
+    threshold = report["review"]["threshold"]
+    for axis in (ax, hist):
+        if threshold is not None:
+            axis.axvline(threshold, color="tab:red", ls="--", lw=1,
+                         label=f"review below {threshold:.2f} (precision ≥ {report['review']['min_precision']:g})"
+                         if axis is ax else None)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy of the predictions in the bin")
+    ax.legend(fontsize=7, loc="upper left")
+    after = cal["reliability"]["after"]
+    hist.bar([(b["low"] + b["high"]) / 2 for b in after], [b["n"] for b in after],
+             width=[b["high"] - b["low"] for b in after], color="tab:blue", alpha=0.7)
+    hist.set_xlim(0, 1)
+    hist.set_xlabel("confidence (after calibration)")
+    hist.set_ylabel("predictions")
+    fig.suptitle(f"{title(report)}: out-of-fold calibration", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
@@ -67,7 +114,7 @@ def render_markdown(report: dict) -> str:
     """``report.md``: a run for people."""
     m = report["metrics"]
     lines = [
-        f"# {report['task']} · {report['clf']} · {report['backbone']}/{report['variant']}",
+        f"# {title(report)}",
         "",
         f"- run: `{report['run']}` (featkit {report['featkit_version']}, {report['created']})",
         f"- split: {report['split']['description']}",
@@ -79,7 +126,8 @@ def render_markdown(report: dict) -> str:
         + (f", {report['rows']['excluded_trunk_training']} left out (the fine-tuned trunk trained on them)"
            if report["rows"].get("excluded_trunk_training") else "")
         + f"; train ≈ {report['n_train']} per fold, {report['n_test']} evaluated",
-        f"- fit {report['fit_seconds']:.2f} s (all folds), predict {report['predict_ms_per_image']:.3f} ms/image",
+        f"- fit {report['fit_seconds']:.2f} s (all folds, their searches and the final refit), "
+        f"predict {report['predict_ms_per_image']:.3f} ms/image",
         f"- labels: {_corrections_line(report.get('corrections') or {})}",
         "",
         "| metric | value |",
@@ -90,6 +138,9 @@ def render_markdown(report: dict) -> str:
     ]
     if "balanced_accuracy_std" in m:
         lines.append(f"| balanced accuracy, std over folds | {m['balanced_accuracy_std']:.4f} |")
+    lines.append(f"| expected calibration error | {m['ece']:.4f} (before calibration "
+                 f"{report['calibration']['ece_before']:.4f}) |")
+    lines += _calibration_lines(report)
     lines += ["", "## Per class", "", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
     for label, row in report["per_class"].items():
         lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")
@@ -98,24 +149,58 @@ def render_markdown(report: dict) -> str:
               "| true \\ predicted | " + " | ".join(labels) + " |", "| --- " * (len(labels) + 1) + "|"]
     for label, row in zip(labels, report["confusion_matrix"]["matrix"]):
         lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
-    lines += ["", "## Hyperparameters per fold", ""]
+    lines += ["", "## Hyperparameters", ""]
+    for name, entry in report["hyperparameters"].items():
+        lines.append(f"- **{name}**: {entry['why']}")
+    lines.append("")
     for fold in report["folds"]:
-        lines.append(f"- fold {fold['fold']}: {fold['params']} — {fold['tuning']['method']}; "
-                     f"balanced accuracy {fold['balanced_accuracy']:.4f}")
+        lines.append(f"- fold {fold['fold'] + 1}: {fold['params']} — {fold['tuning']['method']}; calibration "
+                     f"{fold['calibration']['method']}; balanced accuracy {fold['balanced_accuracy']:.4f}")
     if report.get("model"):
-        lines.append(f"- saved model: refit on {report['model']['trained_on']} rows with {report['model']['params']}")
+        model = report["model"]
+        lines.append(f"- saved model: refit on {model['trained_on']} rows with {model['params']} "
+                     f"({model['tuning']['method']}); calibration {model['calibration']['why']}")
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"
 
 
+def _calibration_lines(report: dict) -> list[str]:
+    cal, review = report["calibration"], report["review"]
+    lines = ["", "## Calibration and review", "",
+             f"- calibration: {cal['chosen']}; {cal['how']}. Out-of-fold ECE: before ({cal['base']}) "
+             f"{cal['ece_before']:.4f}, after {cal['ece_after']:.4f}; each method on every fold: "
+             + ", ".join(f"{k} {v:.4f}" for k, v in cal["ece_by_method"].items()) + " (`reliability.png`)"]
+    if review["threshold"] is None:
+        lines.append(f"- review: no confidence reaches precision {review['min_precision']:g} on the out-of-fold "
+                     "predictions; every prediction needs review")
+    else:
+        lines.append(f"- review threshold **{review['threshold']:.4f}**: predictions at or above it are right "
+                     f"{review['precision_kept']:.1%} of the time (target {review['min_precision']:g}); "
+                     f"{review['kept']} of {review['n']} out-of-fold predictions kept, {review['sent_to_review']} "
+                     "sent to review")
+    lines += ["", "| min precision | threshold | kept | coverage | precision kept |", "| --- | --- | --- | --- | --- |"]
+    for row in report["review_table"]:
+        lines.append(f"| {row['min_precision']:g} | "
+                     + (f"{row['threshold']:.4f} | {row['kept']} | {row['coverage']:.1%} | {row['precision_kept']:.3f} |"
+                        if row["threshold"] is not None else "not reached | 0 | 0% | – |"))
+    lines += ["", "Risk–coverage (out of fold): as the confidence threshold rises, fewer predictions are kept and "
+              "more of them are right.", "", "| confidence ≥ | kept | coverage | precision |",
+              "| --- | --- | --- | --- |"]
+    for row in report["risk_coverage"]:
+        precision = "–" if row["precision"] is None else f"{row['precision']:.3f}"
+        lines.append(f"| {row['threshold']:g} | {row['kept']} | {row['coverage']:.1%} | {precision} |")
+    return lines
+
+
 def write_run(run_dir: Path, report: dict, predictions: pd.DataFrame, *, plot: bool,
               extra_files: list[str] = ()) -> None:
-    """A fit run's files: report.json (written last, atomically), report.md, predictions.csv, the confusion PNG."""
+    """A fit run's files: report.json (written last, atomically), report.md, predictions.csv, the PNGs."""
     files = ["report.json", "report.md", "predictions.csv"]
     if plot:
         plot_confusion(report, run_dir / "confusion_matrix.png")
-        files.append("confusion_matrix.png")
+        plot_reliability(report, run_dir / "reliability.png")
+        files += ["confusion_matrix.png", "reliability.png"]
     report["files"] = files + list(extra_files)
     predictions.to_csv(run_dir / "predictions.csv", index=False, float_format="%.5f")
     (run_dir / "report.md").write_text(render_markdown(report))
@@ -123,10 +208,10 @@ def write_run(run_dir: Path, report: dict, predictions: pd.DataFrame, *, plot: b
         tmp.write_text(json.dumps(report, indent=2, default=str))
 
 
-def _row(report: dict, run_dir: Path) -> dict:
-    m = report.get("metrics", {})
+def _row(report: dict, run: str) -> dict:
+    m = report.get("metrics") or {}
     return {
-        "run": run_dir.name,
+        "run": run,
         "task": report.get("task"),
         "clf": report.get("clf"),
         "backbone": report.get("backbone"),
@@ -138,13 +223,27 @@ def _row(report: dict, run_dir: Path) -> dict:
         "accuracy": m.get("accuracy"),
         "balanced_accuracy": m.get("balanced_accuracy"),
         "macro_f1": m.get("macro_f1"),
+        "ece": m.get("ece"),
+        "review_threshold": (report.get("review") or {}).get("threshold"),
         "fit_seconds": report.get("fit_seconds"),
         "best": False,
     }
 
 
+def _rows_of(report: dict, path: Path, runs_dir: Path) -> list[dict]:
+    """A fit run's row, or one row per task of a fine-tuning run (its report holds a ``tasks`` list)."""
+    name = path.parent.relative_to(runs_dir).as_posix()
+    if isinstance(report.get("tasks"), list):  # runs/finetune/<run>/report.json
+        common = {"clf": "finetune", "backbone": report.get("backbone"), "variant": report.get("variant"),
+                  "split": {"mode": "held-out test set"}, "fit_seconds": report.get("seconds_this_session")}
+        return [_row({**task, **common}, name) for task in report["tasks"] if isinstance(task, dict) and "task" in task]
+    if "task" in report and "metrics" in report:
+        return [_row(report, name)]
+    return []
+
+
 def collect_runs(runs_dir: Path, *, task: str | None = None) -> list[dict]:
-    """One row per run folder under ``runs_dir``; the best balanced accuracy per task marked."""
+    """One row per fit run (and per task of each fine-tuning run) under ``runs_dir``; the best per task marked."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FeatkitError(f"no runs folder at {runs_dir}; run `featkit fit` first (or pass --runs)")
@@ -154,19 +253,17 @@ def collect_runs(runs_dir: Path, *, task: str | None = None) -> list[dict]:
             report = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue  # a run being written, or not featkit's
-        if not isinstance(report, dict) or "task" not in report or "metrics" not in report:
-            continue
-        if task is None or report["task"] == task:
-            rows.append(_row(report, path.parent))
+        if isinstance(report, dict):
+            rows += [r for r in _rows_of(report, path, runs_dir) if task is None or r["task"] == task]
     if not rows:
         raise FeatkitError(f"no runs{f' for task {task!r}' if task else ''} under {runs_dir}; run `featkit fit` first")
     best: dict[str, dict] = {}
     for row in rows:
         score = row["balanced_accuracy"] if row["balanced_accuracy"] is not None else -1
-        if row["task"] not in best or score > best[row["task"]]["balanced_accuracy"]:
+        if row["task"] not in best or score > (best[row["task"]]["balanced_accuracy"] or -1):
             best[row["task"]] = row
     for row in best.values():
-        row["best"] = True
+        row["best"] = row["balanced_accuracy"] is not None
     return sorted(rows, key=lambda r: (r["task"], -(r["balanced_accuracy"] or 0), r["run"]))
 
 

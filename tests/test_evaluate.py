@@ -191,3 +191,75 @@ def test_manifest_splits_cover_labelled_rows_and_keep_objects_together(demo_conf
     for train, test in splits.folds:
         objects = lambda idx: {i.split("/")[-1].split("_v")[0] for i in ids[idx]}  # noqa: E731
         assert not objects(train) & objects(test)
+
+
+# -- calibration, review threshold, the C path -------------------------------------------------------------------
+def _blobs(n: int, dim: int, shift: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes, each shifted by ``shift`` along its own axis, in ``dim`` noisy dimensions."""
+    rng = np.random.default_rng(seed)
+    k = rng.integers(0, 3, n)
+    X = rng.normal(size=(n, dim)) + shift * np.eye(3, dim)[k]
+    return X.astype(np.float32), np.array(["a", "b", "c"], dtype=object)[k]
+
+
+def test_out_of_fold_calibration_tames_an_overconfident_head():
+    from featkit.heads.calibration import expected_calibration_error
+
+    X, y = _blobs(400, 100, 0.6)  # 100 dims, little signal: logreg with C=10 overfits and is sure of everything
+    splits = evaluation_splits(y, None, cv=4, mode="stratified", seed=0)
+    ev = cross_evaluate(X, y, clf="logreg", splits=splits, settings=EvalSettings(params={"C": (10.0,)}))
+    y_idx = np.searchsorted(ev.classes, y)
+    before, after = expected_calibration_error(ev.by_method["none"], y_idx), expected_calibration_error(ev.proba, y_idx)
+    assert before > 0.3 and after < 0.1  # measured: 0.476 -> 0.010
+    # each fold calibrates on its own training rows, each predicted by an inner model that did not train on it
+    assert all(f["calibration"]["method"] != "none" and f["calibration"]["rows"] == f["n_train"] for f in ev.folds)
+    same = cross_evaluate(X, y, clf="logreg", splits=splits, settings=EvalSettings(params={"C": (10.0,)},
+                                                                                  calibration="none"))
+    # "before" is the head as it was (up to lbfgs stopping early at C=10: the calibrated run starts warm)
+    assert expected_calibration_error(same.proba, y_idx) == pytest.approx(before, abs=0.02)
+    assert (same.proba.argmax(1) == ev.by_method["none"].argmax(1)).mean() > 0.9  # measured 0.955 at C=10
+
+
+def test_review_threshold_is_the_lowest_confidence_whose_kept_predictions_reach_the_precision():
+    from featkit.heads.calibration import review_threshold
+
+    confidence = np.array([0.9, 0.9, 0.8, 0.7, 0.6, 0.5])
+    correct = np.array([True, True, True, False, True, False])
+    strict = review_threshold(confidence, correct, 0.95)
+    assert (strict["threshold"], strict["kept"], strict["sent_to_review"]) == (0.8, 3, 3)
+    loose = review_threshold(confidence, correct, 0.8)  # 0.7 keeps 3 of 4 right (0.75); 0.6 keeps 4 of 5 (0.8)
+    assert (loose["threshold"], loose["kept"], loose["precision_kept"]) == (0.6, 5, 0.8)
+    never = review_threshold(confidence, np.zeros(6, dtype=bool), 0.5)
+    assert never["threshold"] is None and never["sent_to_review"] == 6
+
+
+def test_a_best_c_at_the_edge_grows_the_grid_and_a_given_grid_warns_naming_the_flag():
+    from featkit.evaluate import tune
+
+    X, y = _blobs(300, 10, 1.5)  # clear signal, few dims: weak regularisation wins, beyond logreg's grid (max 0.01)
+    settings = EvalSettings(calibration="none")
+    tuned = tune("logreg", build_head("logreg", y, n_features=10, settings=settings)[0], X=X, y=y, groups=None,
+                 settings=settings)
+    assert "went on to 0.1" in tuned.detail["extended"] and tuned.params["C"] >= 0.1 and not tuned.warnings
+    given = EvalSettings(calibration="none", params={"C": (1e-4, 1e-3)})
+    tuned = tune("logreg", build_head("logreg", y, n_features=10, settings=given)[0], X=X, y=y, groups=None,
+                 settings=given)
+    assert tuned.params["C"] == 1e-3 and "extended" not in tuned.detail
+    (warning,) = tuned.warnings
+    assert "C=0.001 is the highest value searched" in warning and "--param C=0.0001,0.001,0.01,0.1" in warning
+
+
+def test_calibration_is_chosen_when_a_class_of_the_head_is_absent_from_its_out_of_fold_rows():
+    from featkit.heads.calibration import choose_calibration
+
+    rng = np.random.default_rng(0)
+    y = np.array(["a", "b"] * 60, dtype=object)  # the head also knows "c" (lgbm's validation split missed it)
+    proba = rng.dirichlet([1, 1, 1], size=120)
+    proba[:, 0] += (y == "a") * 2
+    proba /= proba.sum(axis=1, keepdims=True)
+    halves = [(np.arange(60), np.arange(60, 120)), (np.arange(60, 120), np.arange(60))]
+    choice = choose_calibration(proba, y, decision=False, own_proba=proba, base="none",
+                                candidates=["none", "temperature", "isotonic"], classes=np.array(["a", "b", "c"]),
+                                base_weight=None, halves=halves)
+    assert choice["method"] in ("none", "temperature", "isotonic") and set(choice["cross_fitted"]) == {
+        "none", "temperature", "isotonic"}

@@ -45,6 +45,26 @@ def test_fit_exactly_as_written_from_the_collection_folder(demo_store, monkeypat
     preds = pd.read_csv(run / "predictions.csv")
     assert len(preds) == 80 and set(preds["fold"]) == set(range(5))
     assert "balanced acc" in result.output
+    # calibration and trust: ECE before/after, the diagram, risk-coverage, the review threshold
+    assert (run / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cal = report["calibration"]
+    assert report["metrics"]["ece"] == cal["ece_after"] and 0 <= cal["ece_after"] <= 1 and len(cal["folds"]) == 5
+    coverage = report["risk_coverage"]
+    assert coverage[0]["kept"] == 80 and [r["kept"] for r in coverage] == sorted((r["kept"] for r in coverage),
+                                                                               reverse=True)
+    review = report["review"]
+    assert review["sent_to_review"] == int(preds["needs_review"].sum())
+    if review["threshold"] is not None:  # the CSV keeps 5 decimals
+        assert (preds["confidence"][preds["needs_review"]] <= review["threshold"] + 1e-5).all()
+        assert (preds["confidence"][~preds["needs_review"]] >= review["threshold"] - 1e-5).all()
+    # rounds: what each fold chose, what the saved model uses, why; the whole wall time; progress as plain lines
+    rounds = report["hyperparameters"]["n_estimators"]
+    assert rounds["folds"] == [f["params"]["n_estimators"] for f in report["folds"]]
+    assert rounds["model"] == report["model"]["params"]["n_estimators"] and "early stopping" in rounds["why"]
+    assert report["fit_seconds"] >= report["folds_seconds"] + report["model"]["fit_seconds"]
+    assert "glaze lgbm: fold 1/5" in result.output and "glaze lgbm: refit on all 80 rows" in result.output
+    text = (run / "report.md").read_text()
+    assert "Risk–coverage" in text and "review threshold" in text and "## Hyperparameters" in text
 
 
 def test_fit_all_tasks_with_smote_json(demo_store, tmp_path):
@@ -75,8 +95,33 @@ def test_report_marks_the_best_run_per_task_and_writes_csv(demo_store, tmp_path)
     best = [r for r in rows if r["best"]]
     assert len(best) == 1 and best[0]["balanced_accuracy"] == max(r["balanced_accuracy"] for r in rows)
     table = pd.read_csv(runs / "runs.csv")
-    assert len(table) == 2 and set(table.columns) >= {"task", "clf", "backbone", "rebalance", "balanced_accuracy"}
+    assert len(table) == 2 and set(table.columns) >= {"task", "clf", "backbone", "rebalance", "balanced_accuracy",
+                                                      "ece", "review_threshold"}
     assert "★" in invoke("report", "--runs", str(runs)).output
+
+
+def test_report_includes_fine_tune_runs_and_never_cuts_a_run_name(demo_store, tmp_path):
+    config, key = demo_store
+    runs = tmp_path / "runs"
+    long_name = "form-logreg-mobilenet_v2-imagenet1k_v1-20250101-120000-with-a-name-longer-than-a-terminal"
+    assert invoke("fit", "--task", "form", "--cv", "3", "-p", "C=0.01", "--no-model", "--out",
+                  str(runs / long_name), "--config", str(config.root)).exit_code == 0
+    variant = "finetuned-shapes-and-glazes"
+    task_reports = [{"task": t, "clf": "finetune", "backbone": "mobilenet_v2", "variant": variant, "n_test": 16,
+                     "metrics": {"accuracy": a, "balanced_accuracy": a, "macro_f1": a}}
+                    for t, a in (("form", 0.99), ("glaze", 0.75))]  # the shape finetune's report.json has
+    (runs / "finetune" / "shapes-and-glazes").mkdir(parents=True)
+    (runs / "finetune" / "shapes-and-glazes" / "report.json").write_text(json.dumps(
+        {"run": "shapes-and-glazes", "backbone": "mobilenet_v2", "variant": variant, "tasks": task_reports,
+         "seconds_this_session": 12.5}))
+    rows = json.loads(invoke("report", "--runs", str(runs), "--json").output)["runs"]
+    tuned = [r for r in rows if r["clf"] == "finetune"]
+    assert [(r["task"], r["run"], r["variant"]) for r in tuned] == [
+        ("form", "finetune/shapes-and-glazes", variant), ("glaze", "finetune/shapes-and-glazes", variant)]
+    assert {r["task"]: r["best"] for r in tuned} == {"form": True, "glaze": True}  # 0.99 beats the logreg run
+    text = invoke("report", "--runs", str(runs)).output  # CliRunner's terminal is 80 columns wide
+    assert long_name in text and f"mobilenet_v2/{variant}" in text and f"{key}" in text
+    assert len(pd.read_csv(runs / "runs.csv")) == 3
 
 
 @pytest.mark.parametrize("args, message", [
@@ -146,3 +191,43 @@ def test_no_store_yet_says_to_extract(demo_config, tmp_path):
     shutil.copy(demo_config.root / "labels.csv", tmp_path / "labels.csv")
     out = runner.invoke(app, ["fit", "--task", "glaze", "--config", str(tmp_path)])
     assert out.exit_code == 2 and "run `featkit extract` first" in out.output
+
+
+@pytest.mark.parametrize("clf, split", [("logreg", "stratified"), ("linsvc", "group"), ("lgbm", "stratified")])
+def test_twelve_images_in_three_classes_fit_with_two_folds(demo_store, tmp_path, clf, split):
+    """Two images per class in a training fold: the inner search shrinks its folds (or is skipped, saying why)."""
+    config, _ = demo_store
+
+    def edit(frame):  # 6 objects x 2 views labelled a, b, c; every other image unknown for the task
+        frame["glaze"] = ""
+        for k, obj in enumerate(frame["object_id"].unique()[:6]):
+            frame.loc[frame["object_id"] == obj, "glaze"] = "abc"[k % 3]
+    copy = _copy_collection(config, tmp_path, edit)
+    out = runner.invoke(app, ["fit", "--task", "glaze", "--clf", clf, "--cv", "2", "--split", split, "--out",
+                              str(tmp_path / "run"), "--config", str(copy.root), "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["n_test"] == 12 and report["rows"]["used"] == 12 and not report["dropped_classes"]
+    tuning = " ".join(f["tuning"]["method"] + f["tuning"].get("note", "") for f in report["folds"])
+    if clf == "logreg":  # stratified: 2 rows per class in each training fold -> 2 inner folds
+        assert "inner folds shrunk from 3 to 2: class" in tuning and "inner 2-fold CV" in tuning
+    if clf == "linsvc":  # grouped: one object per class in training, so no inner fold keeps every class
+        assert "no 2 inner folds keep every class in training" in tuning and "the middle of the grid" in tuning
+        assert any("the middle of the grid" in w for w in report["warnings"])
+    assert (tmp_path / "run" / "model.skops").is_file() and report["review"]["n"] == 12
+
+
+def test_each_folds_c_and_the_saved_models_c_are_listed_with_why(demo_store, tmp_path):
+    config, _ = demo_store
+    out = invoke("fit", "--task", "glaze", "--cv", "3", "--out", str(tmp_path / "run"), "--config", str(config.root),
+                 "--json")
+    report = json.loads(out.output)
+    c = report["hyperparameters"]["C"]
+    assert c["folds"] == [f["params"]["C"] for f in report["folds"]] and len(c["folds"]) == 3
+    assert c["model"] == report["model"]["params"]["C"] == json.loads((tmp_path / "run" / "model.json").read_text()
+                                                                      )["params"]["C"]
+    if set(c["folds"]) == {c["model"]}:
+        assert c["why"] == f"every fold and the saved model chose C={c['model']:g}"
+    else:  # names the values the folds chose and the saved model's
+        assert f"chose {c['model']:g}" in c["why"] and all(f"{v:g} (" in c["why"] for v in c["folds"])
+    assert f"- **C**: {c['why']}" in (tmp_path / "run" / "report.md").read_text()

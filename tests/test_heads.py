@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 from imblearn.over_sampling import SMOTE, RandomOverSampler
 from sklearn.metrics import balanced_accuracy_score, recall_score
-from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from featkit.errors import FeatkitError
 from featkit.heads import (HeadSpec, create_head, list_heads, list_samplers, parse_params, rebalance_choices,
                            register_head, resolve_rebalance)
-from featkit.heads.calibration import BalancedCalibratedClassifierCV
+from featkit.heads.svm import PrimalLinearSVC
 
 
 def blobs(n_per_class=(200, 200, 200), dim=40, sep=3.0, seed=0):
@@ -55,28 +54,33 @@ def test_bad_arguments_are_refused_with_the_valid_values():
         create_head("logreg", n_classes=3, pca=-4)
 
 
+QUICK = {"logreg": {"C": 0.1}, "linsvc": {"C": 0.01}, "lgbm": {"n_estimators": 60}}  # not tuned here
+
+
 @pytest.mark.parametrize("name", ["logreg", "linsvc", "lgbm"])
 @pytest.mark.parametrize("rebalance", ["none", "class_weight", "oversample", "smote", "undersample"])
 def test_every_head_learns_with_every_rebalancing(name, rebalance):
     X, y = blobs((150, 60, 30), sep=4.0, seed=1)
     Xt, yt = blobs((100, 100, 100), sep=4.0, seed=2)
-    pipe = create_head(name, n_classes=3, rebalance=rebalance, pca=None,
-                       params={"n_estimators": 60} if name == "lgbm" else None,
+    pipe = create_head(name, n_classes=3, rebalance=rebalance, pca=None, params=QUICK[name],
                        class_counts={"class_0": 150, "class_1": 60, "class_2": 30})
     steps = [s for s, _ in pipe.steps]
     assert steps[0] == "scale" and steps[-1] == "clf"
     assert ("sampler" in steps) == (rebalance in ("oversample", "smote", "undersample"))
     pipe.fit(X, y)
-    proba = pipe.predict_proba(Xt)
-    assert proba.shape == (300, 3)
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    if name == "linsvc":  # probabilities come from its out-of-fold calibration (test_evaluate)
+        assert pipe.decision_function(Xt).shape == (300, 3) and not hasattr(pipe, "predict_proba")
+    else:
+        proba = pipe.predict_proba(Xt)
+        assert proba.shape == (300, 3)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
     assert list(pipe.classes_) == ["class_0", "class_1", "class_2"]
     assert balanced_accuracy_score(yt, pipe.predict(Xt)) > 0.8
 
 
 def test_class_weight_reaches_the_classifier_and_samplers_sit_before_it():
     lin = create_head("linsvc", n_classes=2, rebalance="class_weight")
-    assert lin.named_steps["clf"].balanced and lin.named_steps["clf"].estimator.class_weight is None
+    assert lin.named_steps["clf"].class_weight == "balanced"
     smote = create_head("logreg", n_classes=2, rebalance="smote", pca=5, class_counts={"a": 100, "b": 8})
     assert [s for s, _ in smote.steps] == ["scale", "pca", "sampler", "clf"]
     assert isinstance(smote.named_steps["sampler"], SMOTE)
@@ -104,7 +108,7 @@ def test_rebalancing_raises_minority_recall_on_imbalanced_data():
     X, y = blobs((1000, 50), dim=10, sep=1.5, seed=3)
     Xt, yt = blobs((500, 500), dim=10, sep=1.5, seed=4)
     recalls = {}
-    for name in ("logreg", "linsvc"):  # linsvc: its calibration must not undo the class weights
+    for name in ("logreg", "linsvc"):
         for rebalance in ("none", "class_weight", "oversample", "smote", "undersample"):
             pipe = create_head(name, n_classes=2, rebalance=rebalance, class_counts={"class_0": 1000, "class_1": 50})
             recalls[name, rebalance] = recall_score(yt, pipe.fit(X, y).predict(Xt), pos_label="class_1")
@@ -115,12 +119,29 @@ def test_rebalancing_raises_minority_recall_on_imbalanced_data():
 _BALANCED = "balanced weights depend on class frequencies, which repeating rows changes (as class_weight='balanced')"
 
 
-@parametrize_with_checks([BalancedCalibratedClassifierCV(LinearSVC(), cv=2, balanced=True)],
+@parametrize_with_checks([PrimalLinearSVC(), PrimalLinearSVC(class_weight="balanced", warm_start=True)],
                          expected_failed_checks=lambda est: {
                              "check_sample_weight_equivalence_on_dense_data": _BALANCED,
-                             "check_sample_weight_equivalence_on_sparse_data": _BALANCED})
-def test_balanced_calibration_follows_the_estimator_contract(estimator, check):
+                             "check_sample_weight_equivalence_on_sparse_data": _BALANCED}
+                         if est.class_weight == "balanced" else {})
+def test_the_primal_svm_follows_the_estimator_contract(estimator, check):
     check(estimator)
+
+
+def test_the_primal_svm_solves_what_liblinear_solves():
+    """LinearSVC's objective (squared hinge, L2; its intercept all but unpenalised): the same solution."""
+    from sklearn.svm import LinearSVC
+
+    X, y = blobs((120, 80, 40), dim=12, sep=2.0, seed=5)
+    Xt, _ = blobs((100, 100, 100), dim=12, sep=2.0, seed=6)
+    ours = PrimalLinearSVC(C=0.05, tol=1e-6).fit(X, y)
+    theirs = LinearSVC(C=0.05, tol=1e-8, intercept_scaling=1000, max_iter=100_000).fit(X, y)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, atol=1e-3)
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_, atol=1e-3)
+    assert np.mean(ours.predict(Xt) == theirs.predict(Xt)) > 0.99
+    warm = PrimalLinearSVC(C=0.05, tol=1e-6, warm_start=True)
+    warm.coef_, warm.intercept_ = ours.coef_, ours.intercept_
+    assert warm.fit(X, y).n_iter_ <= 2 < ours.n_iter_  # resuming at the optimum leaves nothing to do
 
 
 def test_auto_rebalance_says_what_it_chose_and_why():

@@ -100,8 +100,51 @@ def test_predict_cli_writes_labels_and_probabilities(glaze_model, tmp_path, monk
     assert set(row["glaze"]["probabilities"]) == set(data["models"][0]["classes"])
     assert abs(sum(row["glaze"]["probabilities"].values()) - 1) < 1e-3
     csv = pd.read_csv(tmp_path / "pred.csv")
-    assert list(csv.columns[:4]) == ["image", "source", "error", "glaze"] and csv["glaze"][0] == row["glaze"]["label"]
-    assert {f"glaze:{c}" for c in data["models"][0]["classes"]} <= set(csv.columns)
+    assert list(csv.columns[:6]) == ["image", "source", "error", "glaze", "glaze:confidence", "glaze:needs_review"]
+    assert csv["glaze"][0] == row["glaze"]["label"] and csv["glaze:confidence"][0] == row["glaze"]["confidence"]
+    # the probability columns fit's predictions.csv has, by the same names
+    fitted = [c for c in pd.read_csv(folder / "predictions.csv").columns if ":p:" in c]
+    assert fitted == [f"glaze:p:{c}" for c in data["models"][0]["classes"]] == [c for c in csv.columns if ":p:" in c]
+    review = data["review"]["glaze"]
+    assert review["threshold"] == json.loads((folder / "report.json").read_text())["review"]["threshold"]
+    assert row["glaze"]["needs_review"] == (row["glaze"]["confidence"] < review["threshold"])
+
+
+def test_predictions_below_the_review_threshold_are_marked_and_counted(glaze_model, tmp_path):
+    from featkit.heads.calibration import review_threshold
+
+    config, folder = glaze_model
+    report = json.loads((folder / "report.json").read_text())
+    oof = pd.read_csv(folder / "predictions.csv")
+    assert report["review"]["min_precision"] == 0.95 and "threshold" in report["review"]
+    # the threshold is where the out-of-fold predictions kept reach the precision asked
+    found = review_threshold(oof["confidence"].to_numpy(), (oof["label"] == oof["predicted"]).to_numpy(), 0.8)
+    kept = oof[oof["confidence"] >= found["threshold"]]
+    assert (kept["label"] == kept["predicted"]).mean() >= 0.8 and len(kept) == found["kept"]
+    lower = oof[oof["confidence"] >= oof["confidence"][oof["confidence"] < found["threshold"]].max()]
+    assert (lower["label"] == lower["predicted"]).mean() < 0.8  # one step lower would not reach it
+
+    col = fk.open(config.root)
+    images = [col.root / i for i in col.ids[:40]]
+    frame = col.predict(images, model=folder, min_precision=0.8)
+    assert frame["glaze:needs_review"].tolist() == (frame["glaze:confidence"] < found["threshold"]).tolist()
+    everything = col.predict(images, model=folder, review_below=1.0)
+    assert everything["glaze:needs_review"].all()
+    out = runner.invoke(app, ["predict", "--model", str(folder), *map(str, images[:10]), "--review-below", "0",
+                              "--config", str(config.root)])
+    assert out.exit_code == 0, out.output
+    assert "glaze: 0 of 10 predictions sent to review (confidence below 0.000; --review-below 0)" in out.output
+    both = runner.invoke(app, ["predict", "--model", str(folder), str(images[0]), "--review-below", "0.5",
+                               "--min-precision", "0.9", "--config", str(config.root)])
+    assert both.exit_code == 2 and "not both" in both.output
+    old = tmp_path / "old-model"  # saved by a featkit before review thresholds: said, never guessed
+    shutil.copytree(folder, old)
+    meta = json.loads((old / "model.json").read_text())
+    del meta["review"], meta["out_of_fold"]
+    (old / "model.json").write_text(json.dumps(meta))
+    assert col.predict(images[:3], model=old)["glaze:needs_review"].all()
+    with pytest.raises(FeatkitError, match="older featkit.*--review-below"):
+        col.predict(images[:3], model=old, min_precision=0.9)
 
 
 def test_a_model_from_another_feature_space_is_refused(glaze_model, tmp_path):
@@ -162,19 +205,25 @@ def test_models_and_inputs_are_checked(glaze_model, tmp_path):
         _predict([folder, twin], [config.root / "labels.csv"])
 
 
-@pytest.mark.parametrize("clf, rebalance", [("linsvc", "class_weight"), ("lgbm", "smote"), ("logreg", "oversample")])
-def test_every_head_survives_save_and_load(clf, rebalance, tmp_path):
-    from featkit.heads import create_head
+@pytest.mark.parametrize("clf, rebalance, calibration", [
+    ("linsvc", "class_weight", "sigmoid"), ("lgbm", "smote", "isotonic"), ("logreg", "oversample", "temperature"),
+    ("logreg", "none", "none"), ("linsvc", "undersample", "auto")])
+def test_every_head_and_calibration_survives_save_and_load(clf, rebalance, calibration, tmp_path):
+    from featkit.evaluate import EvalSettings, build_head, calibrate, tune
     from featkit.modelio import save_model
 
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(120, 8)).astype(np.float32)
-    y = np.where(X[:, 0] > 0.5, "rare", "common").astype(object)
-    pipe = create_head(clf, n_classes=2, rebalance=rebalance, params={"n_estimators": 20} if clf == "lgbm" else None,
-                       class_counts={"common": int((y == "common").sum()), "rare": int((y == "rare").sum())}).fit(X, y)
-    save_model(tmp_path, pipe, meta={"task": "t", "clf": clf, "classes": ["common", "rare"],
-                                     "feature_space": {"backbone": "b", "variant": "v"}})
-    np.testing.assert_array_equal(load_model(tmp_path).pipeline.predict_proba(X), pipe.predict_proba(X))
+    X = rng.normal(size=(160, 8)).astype(np.float32)
+    y = np.where(X[:, 0] + rng.normal(size=160) > 1, "rare", "common").astype(object)
+    settings = EvalSettings(rebalance=rebalance, calibration=calibration,
+                            params={"n_estimators": (20,)} if clf == "lgbm" else {})
+    pipe, _ = build_head(clf, y, n_features=8, settings=settings)
+    tuned = tune(clf, pipe, X=X, y=y, groups=None, settings=settings)
+    model, how, _ = calibrate(clf, tuned, X=X, y=y, groups=None, settings=settings)
+    assert how["method"] == calibration or calibration == "auto"
+    save_model(tmp_path, model, meta={"task": "t", "clf": clf, "classes": ["common", "rare"],
+                                      "feature_space": {"backbone": "b", "variant": "v"}})
+    np.testing.assert_array_equal(load_model(tmp_path).pipeline.predict_proba(X), model.predict_proba(X))
 
 
 # -- one extraction runtime: predict embeds new images exactly as extract stored them ---------------

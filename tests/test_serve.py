@@ -111,15 +111,17 @@ def test_bad_uploads_get_4xx_with_the_reason(served, tmp_path):
 
 
 def test_review_queues_find_what_was_planted(served, tmp_path):
-    _, facts, workbench, client = served
+    config, facts, workbench, client = served
     issues = client.get("/api/review/label-issues", params={"task": "glaze"}).json()
     suggested = {i["id"]: (i["given"], i["suggested"]) for i in issues["items"]}
     found = [image for image, flip in facts["flipped"].items() if suggested.get(image) == flip]
     assert len(found) >= 2, (suggested, facts["flipped"])  # the held-out head must see the true glaze
     assert "out-of-fold probabilities of fit run" in issues["source"]
     uncertain = client.get("/api/review/uncertain", params={"task": "glaze"}).json()
-    assert uncertain["threshold"] == 0.5 and "default" in uncertain["threshold_source"]
-    assert all(i["score"] < 0.5 for i in uncertain["items"])
+    review = json.loads((config.runs_dir / uncertain["run"] / "report.json").read_text())["review"]
+    assert uncertain["threshold"] == review["threshold"] and "review threshold of fit run" in uncertain["threshold_source"]
+    assert len(uncertain["items"]) == review["sent_to_review"] > 0  # the fit's out-of-fold rows below it
+    assert all(i["score"] < review["threshold"] for i in uncertain["items"])
     assert [i["score"] for i in uncertain["items"]] == sorted(i["score"] for i in uncertain["items"])
     original, copy = facts["duplicate"]
     leaks = client.get("/api/review/leaks", params={"task": "glaze"}).json()["items"]

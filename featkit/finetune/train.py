@@ -297,7 +297,8 @@ class Trainer:
             self.history.append(record)
             atomic_save(self._state(), self.paths.last)
             self.paths.history.write_text(json.dumps(self.history, indent=1) + "\n")
-            plot_curves(self.history, self.paths.curves, best_epoch=self.best_epoch, title=s.run_name)
+            plot_curves(self.history, self.paths.curves, best_epoch=self.best_epoch,
+                        title=f"{s.run_name}: {s.backbone}/{VARIANT_PREFIX + s.run_name}")
             if progress:
                 progress.console.print(_epoch_line(record, s), highlight=False)
             for callback in callbacks:

@@ -17,7 +17,6 @@ CLI checks ``--clf`` and ``--rebalance`` while parsing), and pipelines are built
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -32,6 +31,8 @@ NONE = "none"
 AUTO = "auto"
 CLASS_WEIGHT = "class_weight"
 TUNINGS = ("grid", "early_stopping")
+# How probabilities are calibrated out of fold: auto chooses among the others by ECE (featkit.heads.calibration)
+CALIBRATIONS = ("auto", "none", "temperature", "sigmoid", "isotonic")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class HeadSpec:
     defaults: dict[str, Any] = field(default_factory=dict)  # hyperparameters when neither grid nor user set them
     grid: dict[str, tuple] = field(default_factory=dict)  # chosen inside training data unless the user fixes them
     tuning: str = "grid"  # "grid": inner CV over ``grid``; "early_stopping": validation split picks rounds
+    path: str | None = None  # a grid hyperparameter searched in rising order with warm starts, its grid grown
+    path_limits: tuple[float, float] = (1e-6, 1e3)  # ... by factors of 10 at an edge, never beyond these
+    base_calibration: str = "none"  # its probabilities before any choice: "none" (its own predict_proba) or a method
     param_prefix: str = "clf__"  # where hyperparameters live in the pipeline
     class_weight: bool = True  # the classifier takes class_weight="balanced"
     default_pca: int | None = None  # components used when --pca is not given and the embedding is wider
@@ -113,10 +117,6 @@ def resolve_rebalance(name: str, rebalance: str, class_counts: dict[str, int] | 
         f"imbalance ratio {ratio:.1f} ({biggest} {class_counts[biggest]} vs {smallest} {class_counts[smallest]}); "
         f"{spec.auto_rebalance} for {name}{': ' + how if how else ''}"
     )
-
-
-def default_jobs() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def create_head(

@@ -29,6 +29,7 @@ from featkit.embeddings import resolve_key, resolve_keys
 from featkit.errors import FeatkitError, choices_message
 from featkit.explore.similar import SimilarityIndex, similar
 from featkit.explore.umap import UmapSettings, umap_coordinates
+from featkit.modelio import probability_column
 
 QUEUES = ("uncertain", "label-issues", "outliers", "duplicates", "leaks")
 COLOR_FIELDS = ("label", "prediction", "confidence", "correct", "group", "split", "cluster")
@@ -104,8 +105,9 @@ class _Run:
 
     folder: Path
     report: dict
-    predictions: pd.DataFrame  # index id; predicted, confidence, p:<class>...
+    predictions: pd.DataFrame  # index id; predicted, confidence, <task>:p:<class>...
     stamp: int  # report.json's mtime: queues built from an older report are rebuilt
+    proba_columns: dict[str, str]  # class -> its probability column in predictions
 
 
 class Workbench:
@@ -210,10 +212,12 @@ class Workbench:
         if cache_key not in self._runs:
             frame = pd.read_csv(folder / "predictions.csv", dtype={"id": str, "label": str, "predicted": str},
                                 keep_default_na=False)
-            proba = frame[[c for c in frame.columns if c.startswith("p:")]]
-            frame["confidence"] = proba.max(axis=1)
+            prefix = probability_column(task, "")
+            columns = {c[len(prefix):]: c for c in frame.columns if c.startswith(prefix)}
+            frame["confidence"] = frame[list(columns.values())].max(axis=1)
             report = json.loads((folder / "report.json").read_text())
-            self._runs[cache_key] = _Run(folder=folder, report=report, predictions=frame.set_index("id"), stamp=mtime)
+            self._runs[cache_key] = _Run(folder=folder, report=report, predictions=frame.set_index("id"), stamp=mtime,
+                                         proba_columns=columns)
         return self._runs[cache_key]
 
     # -- what the page shows ----------------------------------------------------------
@@ -312,7 +316,7 @@ class Workbench:
             return {**info, "held_out": False,
                     "note": "not held out in this run (trained on, or unlabelled): no honest prediction"}
         row = run.predictions.loc[image_id]
-        proba = {c[2:]: round(float(row[c]), 4) for c in run.predictions.columns if c.startswith("p:")}
+        proba = {label: round(float(row[c]), 4) for label, c in run.proba_columns.items()}
         top = dict(sorted(proba.items(), key=lambda kv: -kv[1])[:5])
         return {**info, "held_out": True, "predicted": row["predicted"], "confidence": round(float(row["confidence"]), 4),
                 "probabilities": top}
@@ -433,8 +437,8 @@ class Workbench:
 
         if run is not None:
             preds = run.predictions
-            classes = [c[2:] for c in preds.columns if c.startswith("p:")]
-            result = confident_learning(preds[[f"p:{c}" for c in classes]].to_numpy(float),
+            classes = list(run.proba_columns)
+            result = confident_learning(preds[list(run.proba_columns.values())].to_numpy(float),
                                         preds["label"].to_numpy(), classes)
             frame = result.issues.assign(id=preds.index[result.issues["position"]])
             source = f"out-of-fold probabilities of fit run {run.folder.name} ({len(preds)} held-out images)"
