@@ -330,7 +330,9 @@ def _why(name: str, chosen: list, model: dict | None, *, early_stopping: bool) -
     final = model["params"][name]
     if all(v == final for v in chosen):
         return f"every fold and the saved model chose {name}={final:g}"
-    common = max(counts, key=counts.get)
+    # the value the folds chose most often among those the saved model did not take
+    others = {v: n for v, n in counts.items() if v != final}
+    common = max(others, key=others.get)
     scores = {r[name]: r for r in model["tuning"].get("inner_scores", [])
               if all(r.get(k) == v for k, v in model["params"].items() if k in r and k != name)}
     rows = model["trained_on"]

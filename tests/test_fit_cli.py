@@ -231,3 +231,17 @@ def test_each_folds_c_and_the_saved_models_c_are_listed_with_why(demo_store, tmp
     else:  # names the values the folds chose and the saved model's
         assert f"chose {c['model']:g}" in c["why"] and all(f"{v:g} (" in c["why"] for v in c["folds"])
     assert f"- **C**: {c['why']}" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_why_compares_the_saved_c_with_another_value_the_folds_chose():
+    from featkit.fit import _why
+
+    model = {"params": {"C": 0.1}, "trained_on": 120,
+             "tuning": {"inner_scores": [{"C": 0.001, "score": 0.90, "std": 0.01},
+                                         {"C": 0.01, "score": 0.978, "std": 0.004},
+                                         {"C": 0.1, "score": 0.98, "std": 0.004}]}}
+    why = _why("C", [0.1, 0.1, 0.01, 0.01, 0.001], model, early_stopping=False)
+    # a tie between the saved value and another among the folds: compared with the other, never with itself
+    assert "chose 0.1 (inner balanced accuracy 0.980) over 0.01 (0.978)" in why and "near tie" in why
+    why = _why("C", [0.001, 0.001, 0.001], model, early_stopping=False)
+    assert "over 0.001 (0.900)" in why and "with every row, 0.1 is better" in why
