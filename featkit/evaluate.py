@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, log_loss,
                              precision_recall_fscore_support)
 from sklearn.model_selection import ParameterGrid
 from sklearn.utils.class_weight import compute_sample_weight
@@ -55,6 +55,9 @@ class EvalSettings:
     validation_fraction: float = 0.2  # early stopping: share of training rows held out
     stopping_rounds: int = 30
     calibration: str = "auto"  # auto (chosen by ECE out of fold) | none | temperature | sigmoid | isotonic
+    # what the inner search maximises: balanced accuracy (fit), or the log-likelihood of the held-out labels
+    # (label issues: confident learning reads the probabilities, not the decisions)
+    tune_by: str = "balanced_accuracy"
 
     def validate(self) -> None:
         if self.split not in SPLIT_MODES:
@@ -69,9 +72,24 @@ class EvalSettings:
             raise FeatkitError(f"pca must be 0 (none) or a positive number of components, got {self.pca}")
         if self.calibration not in CALIBRATIONS:
             raise FeatkitError(choices_message("calibration", self.calibration, CALIBRATIONS))
+        if self.tune_by not in TUNE_BY:
+            raise FeatkitError(choices_message("tuning score", self.tune_by, TUNE_BY))
 
 
 # -- tuning ----------------------------------------------------------------------------
+TUNE_BY = {"balanced_accuracy": "balanced accuracy", "log_likelihood": "log-likelihood of the held-out labels"}
+
+
+def _inner_score(tune_by: str, y_true: np.ndarray, labels: np.ndarray, proba: np.ndarray | None,
+                 classes: np.ndarray) -> float:
+    """Higher is better. log_likelihood: mean log-probability of the true labels (sklearn's log_loss,
+    negated) over the rows whose class the fit saw; a head without probabilities is scored on its labels."""
+    if tune_by == "log_likelihood" and proba is not None:
+        seen = np.isin(y_true, classes)
+        return -float(log_loss(y_true[seen], proba[seen], labels=classes))
+    return float(balanced_accuracy_score(y_true, labels))
+
+
 @dataclass
 class OutOfFold:
     """Responses of training rows from models that did not train on them (the inner search's), for calibration."""
@@ -230,10 +248,11 @@ def _tune_grid(spec: HeadSpec, pipe, X, y, groups, *, fixed, searched, settings,
                 labels = response_labels(scores, clf.classes_, decision=decision)
                 entry = results.setdefault(key(candidate), {"candidate": candidate, "fold_scores": [],
                                                             "parts": [], "decision": decision})
+                own = clf.predict_proba(Xb) if hasattr(clf, "predict_proba") else None
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # a class absent from a small validation part
-                    entry["fold_scores"].append(float(balanced_accuracy_score(y[b], labels)))
-                entry["parts"].append((b, scores, clf.predict_proba(Xb) if hasattr(clf, "predict_proba") else None))
+                    entry["fold_scores"].append(_inner_score(settings.tune_by, y[b], labels, own, clf.classes_))
+                entry["parts"].append((b, scores, own))
 
     def ordered(values: list) -> list[dict]:
         return [{**o, **({path: v} if path else {})} for o in others for v in (values if path else [None])]
@@ -273,7 +292,7 @@ def _tune_grid(spec: HeadSpec, pipe, X, y, groups, *, fixed, searched, settings,
                     proba=None if own[0] is None else np.vstack(own), decision=best["decision"])
     k_used = len(prepared)
     detail = {"method": f"inner {k_used}-fold CV on the training rows{' (group-aware)' if groups is not None else ''}, "
-                        "balanced accuracy" + (f"; {path} along a warm-started path" if path else ""),
+                        + TUNE_BY[settings.tune_by] + (f"; {path} along a warm-started path" if path else ""),
               "inner_folds": k_used,
               "searched": {n: sorted({_plain(r["candidate"][n]) for r in results.values()}) for n in searched},
               "inner_scores": [{**{k: _plain(v) for k, v in r["candidate"].items()},
@@ -604,14 +623,16 @@ def out_of_fold_proba(
     pca: int | None = None,
     params: Mapping[str, Sequence] | None = None,
     calibration: str | None = None,
+    tune_by: str = "balanced_accuracy",
 ) -> tuple[np.ndarray, list[str]]:
     """Probabilities for every row from a model that never saw it (label-issue finding).
 
     Folds are group-aware when ``groups`` is given; hyperparameters are tuned inside each
     training fold. Every row is predicted exactly once; a class absent from a training
     fold gets probability 0 there. ``calibration`` None: the head's own probabilities
-    (linsvc: sigmoid), those label issues were measured with. Returns ``(proba (n,
-    n_classes), classes)``.
+    (linsvc: sigmoid), those label issues were measured with. ``tune_by``: what the inner
+    search maximises (``"log_likelihood"``: the held-out labels' probabilities, for callers
+    that read probabilities). Returns ``(proba (n, n_classes), classes)``.
     """
     X = np.asarray(X, dtype=np.float32)
     y = check_labels(y)
@@ -621,7 +642,7 @@ def out_of_fold_proba(
         raise FeatkitError(f"a classifier needs at least 2 classes; labels hold only {sorted(set(y.tolist()))}")
     groups_arr = None if groups is None else np.asarray(groups, dtype=object)
     settings = EvalSettings(cv=cv, seed=seed, rebalance=rebalance, pca=pca,
-                            calibration=calibration or get_head_spec(clf).base_calibration,
+                            calibration=calibration or get_head_spec(clf).base_calibration, tune_by=tune_by,
                             params={k: tuple(v) if isinstance(v, (list, tuple)) else (v,)
                                     for k, v in (params or {}).items()})
     splits = evaluation_splits(y, groups_arr, cv=cv, mode="group" if groups_arr is not None else "stratified",

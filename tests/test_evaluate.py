@@ -263,3 +263,20 @@ def test_calibration_is_chosen_when_a_class_of_the_head_is_absent_from_its_out_o
                                 base_weight=None, halves=halves)
     assert choice["method"] in ("none", "temperature", "isotonic") and set(choice["cross_fitted"]) == {
         "none", "temperature", "isotonic"}
+
+
+def test_tuning_by_log_likelihood_scores_the_held_out_labels_probabilities():
+    from featkit.evaluate import tune
+
+    X, y = _blobs(300, 10, 0.6)
+    flip = np.random.default_rng(1).random(len(y)) < 0.2  # noisy labels: what label issues tunes on
+    y = np.where(flip, np.roll(y, 1), y)
+    settings = EvalSettings(calibration="none", tune_by="log_likelihood")
+    tuned = tune("logreg", build_head("logreg", y, n_features=10, settings=settings)[0], X=X, y=y, groups=None,
+                 settings=settings)
+    scores = {r["C"]: r["score"] for r in tuned.detail["inner_scores"]}
+    assert "log-likelihood of the held-out labels" in tuned.detail["method"]
+    assert all(-np.log(3) * 2 < s < 0 for s in scores.values())  # mean log-probabilities, not accuracies
+    assert scores[tuned.params["C"]] == max(scores.values())
+    with pytest.raises(FeatkitError, match="'accuracy'.*balanced_accuracy, log_likelihood"):
+        EvalSettings(tune_by="accuracy").validate()

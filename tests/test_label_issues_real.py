@@ -1,7 +1,8 @@
 """Label issues on real photos with 5 % of labels flipped on purpose (issue 12.2), asserted loosely.
 
-The full measurement (C by inner CV, the table in benchmarks/README.md) is
-benchmarks/bench_label_issues.py; here C is fixed to keep CI lean. Precision is a lower bound:
+The defaults as `featkit label-issues` runs them (C by inner CV on the held-out labels'
+log-likelihood, ~10 s for both); the table is benchmarks/bench_label_issues.py's, in
+benchmarks/README.md. Precision is a lower bound:
 the datasets carry label errors of their own. cpac-porcelain's byte-identical copies are flipped
 like any row (a flipped copy may be judged by a head that trained on its unflipped twin).
 """
@@ -15,25 +16,24 @@ from featkit.explore.label_issues import LabelIssueSettings, label_pair_conflict
 
 pytestmark = pytest.mark.slow
 
-C = 0.01  # fixed for speed (~1 min for both); benchmarks/README.md has it beside C by inner CV
-
 
 def test_porcelain_dynasty_flips_are_found_with_the_true_label_suggested(porcelain_store):
-    found = planted_noise(embeddings_of(porcelain_store), "dynasty", settings=LabelIssueSettings(C=C, gallery=False))
+    found = planted_noise(embeddings_of(porcelain_store), "dynasty", settings=LabelIssueSettings(gallery=False))
     s = found.summary()
     assert s["flips"] == 86 and s["n"] == 1728 and s["left_out"] == {}
-    assert s["precision"] >= 0.7 and s["recall"] >= 0.7 and s["precision_at_k"] >= 0.7  # measured 0.91 / 0.83 / 0.87
+    assert s["precision"] >= 0.7 and s["recall"] >= 0.7 and s["precision_at_k"] >= 0.7  # measured 0.90 / 0.81 / 0.86
     assert s["suggested_true"] >= 0.8
     assert 0.7 * s["flips"] <= s["flagged"] <= 1.6 * s["flips"]  # the estimated noise is about the planted 5 %
 
 
 def test_clothing_kids_flips_stand_out_although_the_task_is_hard(clothing_store):
     """Frozen MobileNetV2 tells kids' clothes apart poorly: far from perfect, far above the 5 % of chance."""
-    found = planted_noise(embeddings_of(clothing_store), "kids", settings=LabelIssueSettings(C=C, gallery=False))
+    found = planted_noise(embeddings_of(clothing_store), "kids", settings=LabelIssueSettings(gallery=False))
     s = found.summary()
     assert s["flips"] == 270 and s["classes"] == 2
-    # measured 0.52 / 0.77 / 0.63; with fit's class weights (rebalance auto) precision fell to ~0.2
-    assert s["precision"] >= 0.3 and s["recall"] >= 0.6 and s["precision_at_k"] >= 0.4
+    # measured 0.68 / 0.65 / 0.66; C tuned for balanced accuracy instead: 0.23 / 0.83 / 0.31 (it chose large C);
+    # with fit's class weights (rebalance auto) precision fell to ~0.2
+    assert s["precision"] >= 0.45 and s["recall"] >= 0.5 and s["precision_at_k"] >= 0.5
     assert s["suggested_true"] == 1.0  # binary: the other class is the true one
 
 
