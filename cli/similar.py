@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from ._common import ConfigOpt, JsonOpt, console, friendly, print_json
 from ._explore import BackboneOpt, VariantOpt, fmt, open_embeddings, text
@@ -28,7 +28,10 @@ def similar(
     if json_out:
         print_json({"query": query, "key": emb.key, "results": frame.to_dict(orient="records")})
         return
-    table = Table("rank", "score", "image", *emb.tasks,
+    ids = [text(v) for v in frame["id"]]
+    # the image id is what a user copies: never cut or folded, whatever the terminal's width
+    image = Column("image", no_wrap=True, min_width=max(map(len, ids), default=5))
+    table = Table("rank", "score", image, *emb.tasks,
                   title=f"{emb.key}: {len(frame)} images most similar to {text(query)}")
     for row in frame.to_dict(orient="records"):
         table.add_row(str(row["rank"]), fmt(row["score"], 4), text(row["id"]), *(text(row[t]) for t in emb.tasks))
