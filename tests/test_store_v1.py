@@ -1,36 +1,25 @@
 """Stores written before segments (one .h5, variable-length ids, no checksums) keep every row.
 
-tests/data/store_v1/ was written by featkit's previous store code (see make_store_v1.py):
-two groups, a failure, an aux array, and the log of a writer that died after logging a batch.
+The v1 store is written at test time in the old layout (tests/_store_v1.py, checked
+against a file featkit 0.1 wrote): two groups, a failure, an aux array, and the log of a
+writer that died after logging a batch.
 """
 
 from __future__ import annotations
-
-import shutil
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+from _store_v1 import DONE, IDS, feats as _feats, write_store_v1
 from featkit.backbones import Preprocess
 from featkit.store import FeatureStore, GroupMeta
-
-FIXTURE = Path(__file__).parent / "data" / "store_v1"
-IDS = [f"img/{i:03d}.jpg" for i in range(20)]
-DONE = IDS[2:5] + IDS[10:14]
-
-
-def _feats(ids) -> np.ndarray:
-    return np.array([[int(i[4:7]) + k / 10 for k in range(6)] for i in ids], np.float32)
 
 
 def _v1(tmp_path, *, log: bool = False) -> FeatureStore:
     folder = tmp_path / "features"
     folder.mkdir()
-    for name in ("v1.h5", "v1.h5.wal") if log else ("v1.h5",):
-        shutil.copyfile(FIXTURE / name, folder / name)
-    return FeatureStore(folder / "v1.h5")
+    return FeatureStore(write_store_v1(folder / "v1.h5", log=log))
 
 
 def _meta() -> GroupMeta:
