@@ -54,9 +54,13 @@ def page(browser):
     context.close()
 
 
-def shoot(page, name: str, tmp_path: Path) -> Path:
-    """A small PNG (256 colours) in $FEATKIT_SCREENSHOTS (the README's docs/) or the test's tmp folder."""
-    folder = Path(os.environ.get("FEATKIT_SCREENSHOTS") or tmp_path)
+def shoot(page, name: str, tmp_path: Path, *, shared_data: bool = False) -> Path:
+    """A small PNG (256 colours) in $FEATKIT_SCREENSHOTS (the README's docs/) or the test's tmp folder.
+
+    A page showing the shared datasets' images (``shared_data``) always stays in the tmp folder:
+    nothing derived from them is ever committed.
+    """
+    folder = Path(tmp_path if shared_data else os.environ.get("FEATKIT_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     image = Image.open(io.BytesIO(page.screenshot())).convert("RGB").quantize(256)
     path = folder / f"workbench-{name}.png"
@@ -262,7 +266,7 @@ def test_porcelain_val_image_finds_its_byte_identical_train_twin_first(page, por
         first = page.locator('[data-testid="similar-result"]').first
         assert first.get_attribute("data-id") == twin and float(first.get_attribute("data-score")) > 0.999
         page.wait_for_timeout(500)
-        shoot(page, "porcelain", tmp_path)
+        shoot(page, "porcelain", tmp_path, shared_data=True)
         assert page.errors == []
     finally:
         stop_server(proc)
