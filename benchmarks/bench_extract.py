@@ -194,7 +194,7 @@ def main() -> None:
         root, rels, described = image_files(args, scratch)
         if not rels:
             sys.exit("no images found")
-        collection = Collection(name="bench", root=root, ids=tuple(rels), labels={})
+        collection = Manifest(name="bench", root=root, ids=np.array(rels), labels={})
         paths = [root / r for r in rels]
         runs = {
             "naive": lambda: run_naive(naive_model, paths, backbone.preprocess, device),
