@@ -213,7 +213,6 @@ def _tune_grid(spec: HeadSpec, pipe, X, y, groups, *, fixed, searched, settings,
         used = f"; used {_middle(searched)} (the middle of the grid)" if searched else ""
         return Tuned(fitted, chosen, {"method": f"none: {note}{used}"},
                      warnings=[f"{spec.name}: {note}{used}"] if searched else [])
-    classes = np.unique(y)
     prepared = []
     for a, b in folds:
         prep = clone(pipe)
@@ -235,7 +234,7 @@ def _tune_grid(spec: HeadSpec, pipe, X, y, groups, *, fixed, searched, settings,
         return tuple(sorted(candidate.items()))
 
     def evaluate(candidates: list[dict]) -> None:
-        for f, (clf, Xa, ya, Xb, b) in enumerate(prepared):
+        for clf, Xa, ya, Xb, b in prepared:
             for candidate in candidates:
                 clf.set_params(**_clf_params(spec, candidate))
                 with warnings.catch_warnings():

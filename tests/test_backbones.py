@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.models import get_model, get_model_weights
+from torchvision.models import get_model_weights
 
-from featkit.backbones import (BackboneSpec, Preprocess, create_backbone, get_backbone_spec, list_backbones,
+from featkit.backbones import (Preprocess, create_backbone, get_backbone_spec, list_backbones,
                                register_backbone)
 from featkit.backbones import registry
 from featkit.errors import FeatkitError

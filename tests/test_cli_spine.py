@@ -7,7 +7,6 @@ Each command is a thin skin over the library; these tests check what the user se
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

@@ -100,7 +100,6 @@ def test_new_manifest_rows_extend_the_store(vessels, tmp_path, spy):
 
 def test_other_weights_are_never_mixed(vessels, tmp_path):
     config = _config(vessels, tmp_path)
-    collection = load_manifest(config)
     limited = ExtractSettings(**{**FP32.__dict__, "limit": 4})
     real = Collection(config).extract_summary("mobilenet_v2", settings=limited)
     assert real.key == "mobilenet_v2/imagenet1k_v1"
@@ -126,7 +125,6 @@ def test_other_weights_are_never_mixed(vessels, tmp_path):
 
 def test_bf16_autocast_agrees_with_fp32(vessels, tmp_path):
     config = _config(vessels, tmp_path)
-    collection = load_manifest(config)
     s32 = Collection(config).extract_summary("mobilenet_v2", variant="fp32",
                              settings=ExtractSettings(**{**FP32.__dict__, "limit": 6}))
     bf = ExtractSettings(progress=False, workers=0, batch_size=8, precision="bf16", limit=6)
@@ -188,7 +186,6 @@ def test_gpu_extract_matches_cpu(vessels, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     config = _config(vessels, tmp_path)
-    collection = load_manifest(config)
     cpu = Collection(config).extract_summary("mobilenet_v2", variant="cpu", settings=FP32)
     gpu = Collection(config).extract_summary("mobilenet_v2", variant="gpu",
                              settings=ExtractSettings(progress=False, workers=2, device="cuda", precision="fp32"))

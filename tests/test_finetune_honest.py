@@ -12,7 +12,6 @@ import pytest
 import featkit as fk
 from featkit.explore.rank import rank_backbones
 from featkit.explore.separability import separability
-from featkit.finetune import FinetuneSettings
 
 
 @pytest.fixture(scope="module")

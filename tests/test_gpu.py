@@ -21,7 +21,6 @@ from _manifest import write_manifest
 
 from featkit.backbones import Preprocess
 from featkit.config import Config
-from featkit.data import load_manifest
 from featkit.extract import ExtractSettings
 from featkit.extract.gpu import DecodeSpec, decode_resize, gpu_decode_wanted, jpeg_bytes, prefetched, resize_crop
 from featkit.api import Collection

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from featkit.data.manifest import Manifest
 from featkit.embeddings import Embeddings

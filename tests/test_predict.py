@@ -17,7 +17,6 @@ from featkit import modelio
 from featkit.api import Collection
 from featkit.config import Config
 from featkit.errors import FeatkitError
-from featkit.fit import FitSettings
 from featkit.modelio import load_model
 from featkit.predict import PredictSettings, predict_images
 from featkit_cli.main import app

@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 from _manifest import write_manifest
 from conftest import dataset_dir
 from featkit.config import Config
-from featkit.data import load_manifest
 from featkit.errors import FeatkitError
 from featkit.api import Collection
 from featkit.extract import ExtractSettings

@@ -11,7 +11,6 @@ import io
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx2
 import pandas as pd

@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 from _manifest import write_manifest
 
 from featkit.config import Config
-from featkit.data import load_manifest
 from featkit.errors import FeatkitError
 from featkit.extract import ExtractSettings
 from featkit.api import Collection
@@ -76,7 +75,6 @@ def mirrored(tmp_path_factory) -> Config:
 
 
 def test_hflip_rows_average_the_image_and_its_mirror_in_their_own_variant(mirrored):
-    collection = load_manifest(mirrored)
     plain = Collection(mirrored).extract_summary("mobilenet_v2", settings=ExtractSettings(**FP32))
     result = CliRunner().invoke(_app(), ["extract", "--config", str(mirrored.root), "--tta", "hflip", "--fp32",
                                          "--workers", "0", "--json"])
@@ -98,7 +96,6 @@ def test_hflip_rows_average_the_image_and_its_mirror_in_their_own_variant(mirror
 
 
 def test_crops_mode_stores_its_own_rows(mirrored):
-    collection = load_manifest(mirrored)
     settings = ExtractSettings(**FP32, tta="crops", limit=2)
     summary = Collection(mirrored).extract_summary("mobilenet_v2", settings=settings)
     assert summary.key.endswith("+tta-crops") and summary.computed == 2 and summary.failed == 0

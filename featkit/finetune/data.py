@@ -10,7 +10,6 @@ failure whose labels are masked, never a crash.
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Sequence
 
 import numpy as np
